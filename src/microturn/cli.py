@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = [
     "microturn.data.cli",
     "microturn.train.cli",
+    "microturn.train.vocoder",
     "microturn.runtime.cli",
     "microturn.eval.cli",
     "microturn.server.cli",
