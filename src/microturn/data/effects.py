@@ -1,0 +1,55 @@
+"""Signal effects for the user channel: muffled side talk, the assistant's echo, and noise."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.signal import butter, lfilter, sosfilt
+
+from microturn.audio import SAMPLE_RATE
+
+NOISE_COLOURS = ("white", "pink", "brown")
+
+
+def db_to_gain(db: float) -> float:
+    return float(10 ** (db / 20))
+
+
+def lowpass(audio: np.ndarray, cutoff_hz: float) -> np.ndarray:
+    """4th-order Butterworth low-pass: speech heard through a room or away from the microphone."""
+    sos = butter(4, cutoff_hz, btype="low", fs=SAMPLE_RATE, output="sos")
+    return sosfilt(sos, audio).astype(np.float32)
+
+
+def echo(assistant: np.ndarray, delay_s: float, level_db: float, rng: np.random.Generator) -> np.ndarray:
+    """The assistant's voice as the user's microphone picks it up from a loudspeaker: band-limited
+    (300-3,400 Hz), delayed, attenuated, with a short decaying room tail."""
+    sos = butter(2, [300, 3400], btype="band", fs=SAMPLE_RATE, output="sos")
+    band = sosfilt(sos, assistant)
+    taps = np.zeros(int(0.06 * SAMPLE_RATE), np.float32)
+    taps[0] = 1.0
+    for _ in range(6):  # sparse reflections decaying over 60 ms
+        i = int(rng.integers(40, len(taps)))
+        taps[i] += float(rng.uniform(0.1, 0.4)) * np.exp(-i / (0.02 * SAMPLE_RATE))
+    wet = lfilter(taps, [1.0], band)
+    delay = int(delay_s * SAMPLE_RATE)
+    out = np.zeros_like(assistant, dtype=np.float32)
+    out[delay:] = wet[: len(out) - delay] * db_to_gain(level_db)
+    return out
+
+
+def noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """Unit-RMS coloured noise: white (flat), pink (1/f power), brown (1/f^2 power)."""
+    white = rng.standard_normal(n)
+    if colour == "white":
+        shaped = white
+    else:
+        spectrum = np.fft.rfft(white)
+        f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+        f[0] = f[1]
+        spectrum /= np.sqrt(f) if colour == "pink" else f
+        shaped = np.fft.irfft(spectrum, n)
+    return (shaped / (np.sqrt((shaped**2).mean()) + 1e-12)).astype(np.float32)
+
+
+def rms(audio: np.ndarray) -> float:
+    return float(np.sqrt((audio.astype(np.float64) ** 2).mean())) if len(audio) else 0.0

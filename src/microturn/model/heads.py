@@ -1,0 +1,114 @@
+"""Output heads that read the hidden state at an input token: the text slot decoder and the mel flow head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .layers import MLP, RMSNorm
+
+
+class SlotTextDecoder(nn.Module):
+    """Up to K text tokens per micro-turn, autoregressive over slots: slot i sees the hidden state, the token
+    of slot i-1 (BOS for slot 0) and its slot position. Unembedding is tied to the shared text table."""
+
+    def __init__(self, cfg: ModelConfig, text_embedding: nn.Embedding):
+        super().__init__()
+        self.text_embedding = text_embedding
+        self.slots = cfg.text_slots
+        self.from_hidden = nn.Linear(cfg.d_model, cfg.d_model)
+        self.slot_pos = nn.Parameter(torch.randn(cfg.text_slots, cfg.d_model) * 0.02)
+        self.norm1, self.norm2 = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg.d_model, 2 * cfg.d_model, "gelu")
+
+    def _slot_logits(self, base: torch.Tensor, prev_tokens: torch.Tensor, first_slot: int) -> torch.Tensor:
+        s = prev_tokens.shape[-1]
+        x = base[..., None, :] + self.text_embedding(prev_tokens) + self.slot_pos[first_slot:first_slot + s]
+        x = x + self.mlp(self.norm1(x))
+        return self.norm2(x) @ self.text_embedding.weight.T
+
+    def logits(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: hidden [..., d], prev_tokens [..., K] (BOS, then slots 0..K-2) -> [..., K, V]."""
+        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0)
+
+    def greedy(self, hidden: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
+        """Streaming decode: tokens [B, K], pad after the first pad. Slots depend on each other only through
+        the previous token, so each slot costs one vocabulary projection, and none once every row ended."""
+        base = self.from_hidden(hidden)
+        token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
+        tokens = torch.full((hidden.shape[0], self.slots), pad, dtype=torch.long, device=hidden.device)
+        ended = torch.zeros_like(token, dtype=torch.bool)
+        for i in range(self.slots):
+            token = self._slot_logits(base, token[:, None], i)[:, 0].argmax(-1).masked_fill(ended, pad)
+            tokens[:, i] = token
+            ended |= token == pad
+            if bool(ended.all()):
+                break
+        return tokens
+
+
+def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Flow time in [0, 1] -> [.., dim] sinusoidal features."""
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    angles = 1000.0 * t[..., None] * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class FlowBlock(nn.Module):
+    """Depthwise conv across the frames of the micro-turn (so frames agree), then a per-frame MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(dim), RMSNorm(dim)
+        self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.mlp = MLP(dim, 2 * dim, "gelu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.conv(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.mlp(self.norm2(x))
+
+
+class FlowMelHead(nn.Module):
+    """Conditional flow matching (Lipman et al. 2022, OT path) over one micro-turn of normalised log-mel
+    [frames, n_mels], conditioned on the hidden state plus the embeddings of the chosen text tokens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        fd = cfg.flow_dim
+        self.sigma_min, self.steps = cfg.flow_sigma_min, cfg.flow_steps
+        self.cond = nn.Linear(cfg.d_model, fd)
+        self.inp = nn.Linear(cfg.n_mels, fd)
+        self.frame_pos = nn.Parameter(torch.randn(cfg.frames, fd) * 0.02)
+        self.time = nn.Sequential(nn.Linear(fd, fd), nn.SiLU(), nn.Linear(fd, fd))
+        self.blocks = nn.ModuleList(FlowBlock(fd) for _ in range(cfg.flow_layers))
+        self.norm = RMSNorm(fd)
+        self.out = nn.Linear(fd, cfg.n_mels)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x [N, frames, n_mels], t [N], cond [N, d_model] -> predicted velocity like x."""
+        h = self.inp(x) + self.frame_pos + (self.cond(cond) + self.time(sinusoid(t, self.frame_pos.shape[1])))[:, None]
+        for block in self.blocks:
+            h = block(h)
+        return self.out(self.norm(h))
+
+    def loss(self, target: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Flow-matching MSE for targets [N, frames, n_mels] in [-1, 1]."""
+        x0 = torch.randn(target.shape, generator=generator)
+        t = torch.rand(target.shape[0], generator=generator)
+        tt = t[:, None, None]
+        xt = (1 - (1 - self.sigma_min) * tt) * x0 + tt * target
+        v_target = target - (1 - self.sigma_min) * x0
+        return F.mse_loss(self.velocity(xt, t, cond), v_target)
+
+    def sample(self, noise: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Euler integration from noise [N, frames, n_mels] at t=0 to t=1."""
+        steps = steps or self.steps
+        x = noise
+        for i in range(steps):
+            t = torch.full((x.shape[0],), i / steps)
+            x = x + self.velocity(x, t, cond) / steps
+        return x

@@ -1,0 +1,259 @@
+"""The interaction model: one causal transformer over in_0, out_0, in_1, out_1, ... (one token per block).
+
+Micro-turn t covers input audio [0.2 t, 0.2 (t+1)). The input token in_t sums everything that arrived in
+it (user audio as dMel, elapsed time, at most one queued background-text and typed-text token, a video
+frame, a gap marker). The heads read the hidden state at in_t and decide what plays during the next
+micro-turn [0.2 (t+1), 0.2 (t+2)): whether to speak, up to K text tokens (the inner monologue) and 20 mel
+frames (flow matching), plus two auxiliary predictions (floor state, delayed user transcript). The output
+token out_t embeds what was emitted, so the model hears itself.
+
+Two paths compute the same function: `forward`/`losses` over whole sequences (training, teacher-forced
+out tokens) and `new_state`/`step` one micro-turn at a time for a batch of sessions (streaming).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import audio
+from .config import FLOOR_STATES, ModelConfig
+from .heads import FlowMelHead, SlotTextDecoder
+from .layers import Block, DMelBag, ElapsedTime, RMSNorm, VideoStem, rope_tables, sliding_causal_mask
+from .streaming import StepInputs, StepOutput, StreamState
+from .tokenizer import BOS, PAD
+
+SILENT_LOG_MEL = math.log(audio.LOG_FLOOR)  # what a silent micro-turn's mel frames hold
+
+
+def emitted_log_mel(mel_norm: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
+    """The log-mel that plays: the (normalised) mel when speaking, the log floor when silent. Training
+    renders its teacher-forced out tokens through this too, so both paths embed the same dMel."""
+    silent = torch.full_like(mel_norm, SILENT_LOG_MEL)
+    return torch.where(speaking.bool()[..., None, None], audio.denormalise_log_mel(mel_norm), silent)
+
+
+@dataclass
+class TurnBatch:
+    """A batch of conversation crops, T micro-turns each. Targets at index t describe micro-turn t + 1 (what
+    the heads at in_t predict); the out token of micro-turn t embeds exactly those targets (teacher forcing)."""
+
+    user_dmel: torch.Tensor  # [B, T, frames, n_mels] long
+    turn_index: torch.Tensor  # [B, T] long: micro-turns since session start (elapsed time)
+    bg_tokens: torch.Tensor  # [B, T] long, -1 none
+    typed_tokens: torch.Tensor  # [B, T] long, -1 none
+    gap: torch.Tensor  # [B, T] bool
+    speaking: torch.Tensor  # [B, T] long 0/1
+    text: torch.Tensor  # [B, T, K] long, pad 0
+    mel: torch.Tensor  # [B, T, frames, n_mels] normalised log-mel of the assistant
+    out_dmel: torch.Tensor  # [B, T, frames, n_mels] long: dMel of what plays (log floor when silent)
+    floor: torch.Tensor  # [B, T] long, index into FLOOR_STATES
+    user_text: torch.Tensor  # [B, T, K] long: user words started in micro-turn t - delay
+    valid: torch.Tensor  # [B, T] bool: targets exist (inside the conversation)
+    video: torch.Tensor | None = None  # [B, T, 3, S, S] float
+    video_present: torch.Tensor | None = None  # [B, T] bool
+
+    def to(self, device: torch.device | str) -> TurnBatch:
+        return TurnBatch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
+
+
+class InteractionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, k = cfg.d_model, cfg.text_slots
+        self.turn_seconds = cfg.micro_turn_ms / 1000.0
+        # shared text table: background/typed input, assistant output, slot decoder (tied unembedding)
+        self.text_embedding = nn.Embedding(cfg.vocab_size, d)
+        self.stream_embedding = nn.Embedding(3, d)  # 0 background text, 1 typed text, 2 assistant text
+        self.block_type = nn.Embedding(2, d)  # 0 in token, 1 out token
+        # in-token parts
+        self.user_audio = DMelBag(cfg)
+        self.elapsed = ElapsedTime(cfg)
+        self.video = VideoStem(cfg)
+        self.gap_marker = nn.Parameter(torch.zeros(d))
+        # out-token parts
+        self.out_audio = DMelBag(cfg)
+        self.out_slot_pos = nn.Parameter(torch.randn(k, d) * 0.02)
+        self.speaking_flag = nn.Embedding(2, d)
+        # trunk
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(d)
+        # heads at in_t
+        self.gate = nn.Linear(d, 1)
+        self.text_head = SlotTextDecoder(cfg, self.text_embedding)
+        self.mel_head = FlowMelHead(cfg)
+        self.floor_head = nn.Linear(d, len(FLOOR_STATES))
+        self.user_text_head = nn.Linear(d, k * d)  # K parallel slots through the tied text table
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- token embeddings (any leading dims) ----
+    def _queued_text(self, tokens: torch.Tensor, stream: int) -> torch.Tensor:
+        present = (tokens >= 0).unsqueeze(-1)
+        return (self.text_embedding(tokens.clamp_min(0)) + self.stream_embedding.weight[stream]) * present
+
+    def embed_in(self, user_dmel: torch.Tensor, turn_index: torch.Tensor, bg_tokens: torch.Tensor,
+                 typed_tokens: torch.Tensor, gap: torch.Tensor, video: torch.Tensor | None = None,
+                 video_present: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.user_audio(user_dmel) + self.elapsed(turn_index * self.turn_seconds) + self.block_type.weight[0]
+        x = x + self._queued_text(bg_tokens, 0) + self._queued_text(typed_tokens, 1)
+        x = x + gap.unsqueeze(-1) * self.gap_marker
+        if video is not None and video_present is not None and bool(video_present.any()):
+            frames = torch.zeros_like(x)
+            frames[video_present] = self.video(video[video_present])
+            x = x + frames
+        return x
+
+    def embed_text_slots(self, text: torch.Tensor) -> torch.Tensor:
+        """[..., K] emitted assistant tokens -> [..., d]: what was said this micro-turn."""
+        return (self.text_embedding(text) + self.out_slot_pos).sum(-2) + self.stream_embedding.weight[2]
+
+    def embed_out(self, text: torch.Tensor, out_dmel: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
+        return (self.embed_text_slots(text) + self.out_audio(out_dmel) + self.speaking_flag(speaking)
+                + self.block_type.weight[1])
+
+    def user_text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        slots = self.user_text_head(hidden).unflatten(-1, (self.cfg.text_slots, self.cfg.d_model))
+        return slots @ self.text_embedding.weight.T
+
+    # ---- training path ----
+    def forward(self, batch: TurnBatch) -> torch.Tensor:
+        """Hidden states at the in tokens [B, T, d] for a teacher-forced batch."""
+        x_in = self.embed_in(batch.user_dmel, batch.turn_index, batch.bg_tokens, batch.typed_tokens, batch.gap,
+                             batch.video, batch.video_present)
+        x_out = self.embed_out(batch.text, batch.out_dmel, batch.speaking)
+        b, t, d = x_in.shape
+        x = torch.stack([x_in, x_out], dim=2).reshape(b, 2 * t, d)  # in_0, out_0, in_1, ...
+        mask = sliding_causal_mask(2 * t, self.cfg.window).to(x.device)
+        rope = rope_tables(torch.arange(2 * t, device=x.device), self.cfg.head_dim, self.cfg.rope_base)
+        for block in self.blocks:
+            x = block(x, mask, rope)
+        return self.norm(x)[:, 0::2]
+
+    def losses(self, batch: TurnBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones)."""
+        hidden = self(batch)
+        valid = batch.valid
+        h = hidden[valid]
+        bos = torch.full_like(batch.text[..., :1], BOS)
+        prev = torch.cat([bos, batch.text[..., :-1]], dim=-1)[valid]
+        text = batch.text[valid]
+        losses = {
+            "gate": F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], batch.speaking[valid].float()),
+            "text": F.cross_entropy(self.text_head.logits(h, prev).flatten(0, 1), text.flatten()),
+            "floor": F.cross_entropy(self.floor_head(h), batch.floor[valid]),
+            "user_text": F.cross_entropy(self.user_text_logits(h).flatten(0, 1), batch.user_text[valid].flatten()),
+        }
+        speaking = batch.speaking[valid].bool()
+        if bool(speaking.any()):
+            cond = h[speaking] + self.embed_text_slots(text[speaking])
+            losses["mel"] = self.mel_head.loss(batch.mel[valid][speaking], cond, generator)
+        else:
+            losses["mel"] = hidden.sum() * 0.0  # keeps every parameter in the graph (DDP)
+        return losses
+
+    # ---- streaming path ----
+    def new_state(self, batch_size: int, seeds: torch.Tensor | list[int] | None = None) -> StreamState:
+        """Fresh sessions (micro-turn 0). `seeds` fix each session's flow-matching noise."""
+        cfg, device = self.cfg, self.norm.weight.device
+        shape = (batch_size, cfg.n_heads, cfg.window, cfg.head_dim)
+        seeds = torch.arange(batch_size) if seeds is None else torch.as_tensor(seeds, dtype=torch.long)
+        if seeds.shape != (batch_size,):
+            raise ValueError(f"new_state: {batch_size} sessions but {tuple(seeds.shape)} seeds")
+        return StreamState(
+            keys=[torch.zeros(shape, device=device) for _ in range(cfg.n_layers)],
+            values=[torch.zeros(shape, device=device) for _ in range(cfg.n_layers)],
+            slot_pos=torch.full((batch_size, cfg.window), -1, dtype=torch.long, device=device),
+            turn=torch.zeros(batch_size, dtype=torch.long, device=device),
+            seeds=seeds.to(device),
+        )
+
+    def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Append one token per session [B, d] at `positions` [B]; returns its final hidden state [B, d]."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        slots = positions % self.cfg.window
+        state.slot_pos[rows, slots] = positions
+        rope = rope_tables(positions[:, None], self.cfg.head_dim, self.cfg.rope_base)
+        h = x[:, None]
+        for block, k, v in zip(self.blocks, state.keys, state.values, strict=True):
+            h = block.step(h, rope, slots, k, v, state.slot_pos)
+        return self.norm(h[:, 0])
+
+    def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
+        """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""
+        cfg = self.cfg
+        noise = []
+        for r in rows.tolist():
+            g = torch.Generator().manual_seed((int(state.seeds[r]) * 1_000_003 + int(state.turn[r])) % 2**63)
+            noise.append(torch.randn(cfg.frames, cfg.n_mels, generator=g))
+        return torch.stack(noise).to(state.turn.device) if noise else torch.zeros(0, cfg.frames, cfg.n_mels)
+
+    @torch.no_grad()
+    def step(self, state: StreamState, inputs: StepInputs, transcribe_user: bool = False) -> StepOutput:
+        """Advance every session by one micro-turn: in token, heads, out token. Mutates `state`.
+        `transcribe_user` also runs the aux user-transcript head (off by default: it costs K vocab projections)."""
+        cfg, b = self.cfg, state.batch_size
+        if inputs.user_dmel.shape != (b, cfg.frames, cfg.n_mels):
+            raise ValueError(f"step: user_dmel must be [{b}, {cfg.frames}, {cfg.n_mels}], "
+                             f"got {list(inputs.user_dmel.shape)}")
+        none = torch.full((b,), -1, dtype=torch.long)
+        x_in = self.embed_in(
+            inputs.user_dmel, state.turn,
+            none if inputs.bg_token is None else inputs.bg_token,
+            none if inputs.typed_token is None else inputs.typed_token,
+            torch.zeros(b, dtype=torch.bool) if inputs.gap is None else inputs.gap,
+            inputs.video, inputs.video_present,
+        )
+        hidden = self._advance(state, x_in, 2 * state.turn)
+
+        gate_logit = self.gate(hidden)[:, 0]
+        prob = torch.sigmoid(gate_logit)
+        teacher = inputs.teacher
+        if teacher is not None:
+            speaking = teacher.speaking.bool()
+            text = teacher.text
+            prev = torch.cat([torch.full_like(text[:, :1], BOS), text[:, :-1]], dim=1)
+            text_logits = self.text_head.logits(hidden, prev)
+        else:
+            text_logits = None
+            speaking = prob > cfg.gate_threshold
+            if inputs.speaking_override is not None:
+                speaking = torch.where(inputs.speaking_override >= 0, inputs.speaking_override.bool(), speaking)
+            text = self.text_head.greedy(hidden, BOS, PAD)
+
+        mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
+        if teacher is not None:
+            mel_norm = teacher.mel.clone()
+        elif bool(speaking.any()):
+            rows = speaking.nonzero()[:, 0]
+            cond = hidden[rows] + self.embed_text_slots(text[rows])
+            mel_norm[rows] = self.mel_head.sample(self._session_noise(state, rows), cond).clamp(-1.0, 1.0)
+        mel = emitted_log_mel(mel_norm, speaking)
+
+        out_dmel = audio.dmel(mel, cfg.dmel_bins)
+        self._advance(state, self.embed_out(text, out_dmel, speaking.long()), 2 * state.turn + 1)
+        state.turn += 1
+
+        floor_logits = self.floor_head(hidden)
+        return StepOutput(
+            speaking=speaking, speaking_prob=prob, text=text, mel=mel,
+            floor_probs=floor_logits.softmax(-1),
+            user_text=self.user_text_logits(hidden).argmax(-1) if transcribe_user else None,
+            hidden=hidden, gate_logit=gate_logit, text_logits=text_logits, floor_logits=floor_logits,
+        )

@@ -1,0 +1,186 @@
+"""Building blocks of the interaction model: a pre-norm causal transformer with RoPE and a sliding window.
+
+Every attention layer has two entry points that compute the same function: `forward` over a whole
+sequence (training; a banded causal mask) and `step` over one new token per session with a ring-buffer KV
+cache of exactly `window` slots (streaming). Keys are cached after RoPE at their absolute position, so the
+cache never needs rewriting and a ring slot simply holds the latest token at `position % window`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [..., 1, n, head_dim // 2] (broadcast over heads) for integer positions [..., n]; angles in
+    float64 so that long sessions keep exact relative phases."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = positions.to(torch.float64)[..., None, :, None] * inv_freq
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :h/2], x[..., h/2:]); cos/sin broadcast over heads."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def sliding_causal_mask(n: int, window: int) -> torch.Tensor:
+    """[n, n] bool, True where query i may attend key j: i - window < j <= i."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    return (j <= i) & (j > i - window)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim, self.rope_base = cfg.n_heads, cfg.head_dim, cfg.rope_base
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def _qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        cos, sin = rope
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [B, N, d] at positions 0..N-1; mask [N, N] bool; rope = rope_tables(positions) [1, N, hd/2]."""
+        b, n, d = x.shape
+        q, k, v = self._qkv(x, rope)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(b, n, d))
+
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+             cache_k: torch.Tensor, cache_v: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
+        """x [B, 1, d], one token per session, rope [B, 1, 1, hd/2] at its position, `slots` [B] its ring
+        slot (position % window). Writes the token's key/value into its ring
+        slot (cache_* [B, H, W, hd], updated in place) and attends over every filled slot; `slot_pos` [B, W]
+        (already updated for this token) is -1 for empty slots."""
+        b = x.shape[0]
+        q, k, v = self._qkv(x, rope)  # [B, H, 1, hd]
+        rows = torch.arange(b)
+        cache_k[rows, :, slots] = k[:, :, 0]
+        cache_v[rows, :, slots] = v[:, :, 0]
+        mask = (slot_pos >= 0)[:, None, None, :]  # the ring only ever holds the last `window` tokens
+        y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(b, 1, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, kind: str = "swiglu"):
+        super().__init__()
+        if kind not in ("swiglu", "gelu"):
+            raise ValueError(f"unknown MLP kind {kind!r}: use swiglu or gelu")
+        self.kind = kind
+        self.up = nn.Linear(dim, hidden * (2 if kind == "swiglu" else 1), bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.kind == "swiglu":
+            gate, val = h.chunk(2, dim=-1)
+            return self.down(F.silu(gate) * val)
+        return self.down(F.gelu(h))
+
+
+def mlp_hidden(cfg: ModelConfig) -> int:
+    return int(round(cfg.mlp_ratio * cfg.d_model / 32)) * 32
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.mlp = MLP(cfg.d_model, mlp_hidden(cfg), cfg.mlp)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask, rope)
+        return x + self.mlp(self.norm2(x))
+
+    def step(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+             cache_k: torch.Tensor, cache_v: torch.Tensor, slot_pos: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn.step(self.norm1(x), rope, slots, cache_k, cache_v, slot_pos)
+        return x + self.mlp(self.norm2(x))
+
+
+class DMelBag(nn.Module):
+    """dMel frames -> one vector: a (channel, bin) embedding summed over channels per frame (EmbeddingBag,
+    so no [.., 80, dim] intermediate), the frame vectors concatenated, then a linear map to d_model."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.bins, self.n_mels, self.frames = cfg.dmel_bins, cfg.n_mels, cfg.frames
+        self.bag = nn.EmbeddingBag(cfg.n_mels * cfg.dmel_bins, cfg.dmel_dim, mode="sum")
+        self.proj = nn.Linear(cfg.frames * cfg.dmel_dim, cfg.d_model)
+        self.register_buffer("offsets", torch.arange(cfg.n_mels) * cfg.dmel_bins, persistent=False)
+
+    def forward(self, bins: torch.Tensor) -> torch.Tensor:
+        """bins [..., frames, n_mels] long in [0, dmel_bins) -> [..., d_model]."""
+        lead = bins.shape[:-2]
+        flat = (bins + self.offsets).reshape(-1, self.n_mels)
+        per_frame = self.bag(flat).reshape(*lead, self.frames * self.bag.embedding_dim)
+        return self.proj(per_frame)
+
+
+class ElapsedTime(nn.Module):
+    """Seconds since session start -> sinusoidal features (periods 0.4 s .. 1 h) -> linear."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        periods = torch.logspace(math.log10(0.4), math.log10(3600.0), cfg.time_periods, dtype=torch.float64)
+        self.register_buffer("freqs", 2 * math.pi / periods, persistent=False)
+        self.proj = nn.Linear(2 * cfg.time_periods, cfg.d_model)
+
+    def forward(self, seconds: torch.Tensor) -> torch.Tensor:
+        angles = seconds.to(torch.float64)[..., None] * self.freqs
+        return self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1).float())
+
+
+class VideoStem(nn.Module):
+    """hMLP patch stem (Touvron et al. 2022): per 40x40 patch, linear layers over 4x4 sub-patches of 10x10
+    pixels, then 2x2 merges, then 1 (convolutions with kernel == stride are exactly per-patch linear maps),
+    plus a per-patch position embedding, mean-pooled to one vector per frame."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.video_size % cfg.video_patch or cfg.video_patch % 4:
+            raise ValueError(f"video_size {cfg.video_size} must be a multiple of video_patch {cfg.video_patch}, "
+                             "itself a multiple of 4")
+        d, sub = cfg.d_model, cfg.video_patch // 4
+        c1, c2 = max(d // 4, 8), max(d // 2, 8)
+        self.size = cfg.video_size
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c1, sub, stride=sub), nn.GroupNorm(1, c1), nn.GELU(),
+            nn.Conv2d(c1, c2, 2, stride=2), nn.GroupNorm(1, c2), nn.GELU(),
+            nn.Conv2d(c2, d, 2, stride=2),
+        )
+        grid = cfg.video_size // cfg.video_patch
+        self.patch_pos = nn.Parameter(torch.zeros(d, grid, grid))
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, 3, S, S] float in [0, 1] -> [N, d_model]."""
+        if frames.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"video frames must be {self.size}x{self.size}, got {tuple(frames.shape[-2:])}")
+        patches = self.stem(frames * 2.0 - 1.0) + self.patch_pos
+        return self.proj(patches.mean(dim=(-2, -1)))

@@ -1,0 +1,275 @@
+"""The engine: every live session advanced together, one batched model step per micro-turn, in real time.
+
+The engine keeps one batched state for all live sessions (model KV caches, vocoder state, output resampler
+and the mel front end's history), one row per session in `self.sessions` order. Sessions join and leave
+between micro-turns: rows are appended (`concat`) or dropped (`select`) there and nowhere else.
+
+Each micro-turn (`step_once`): every session's chunk is cut on its clock (gaps filled), the batch's log-mel
+and dMel computed, one `model.step`, one batched vocoder call (16 kHz) and one batched resampler call
+(24 kHz); then each session turns its row into a `MicroTurnOutput` and its callback runs.
+
+`start()` runs `step_once` on a thread against a monotonic deadline schedule: step k is due at
+t0 + k * 200 ms. A step that overruns does not shift the schedule: the missed deadlines are skipped (and
+counted), so the clock never drifts and sessions never fall further behind real time than one step.
+
+Batch invariance: with `EngineConfig.batch_invariant` each session's row is stepped on its own (batch 1),
+which makes a session's output bitwise independent of who else is batched; see docs/runtime.md for what the
+batched default guarantees and what the mode costs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from microturn import audio
+from microturn.model.config import FLOOR_STATES
+from microturn.model.interaction import InteractionModel
+from microturn.model.streaming import StepInputs, StepOutput, StreamState
+from microturn.model.tokenizer import TextTokenizer
+from microturn.runtime.resample import ResamplerState, StreamingResampler
+from microturn.runtime.session import MicroTurnOutput, Session, TurnInputs
+from microturn.runtime.vocoder import Vocoder, VocoderState
+
+OUTPUT_RATE = 24_000
+MEL_CONTEXT = audio.N_FFT - audio.HOP  # samples of history the causal log-mel needs
+
+
+@dataclass
+class EngineConfig:
+    max_sessions: int = 256
+    input_backlog_ms: int = 400  # input latency bound: older backlog is dropped (see runtime/input.py)
+    batch_invariant: bool = False  # step each session alone: bitwise independent of the batch, slower
+    threads: int = 1  # torch intra-op threads of the engine thread
+    video_interval_ms: int = 1000  # at most one video frame per this many ms per session
+    step_history: int = 3000  # step times kept for statistics
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    overruns: int = 0  # steps that finished after the next deadline
+    skipped: int = 0  # deadlines skipped because of overruns
+    step_ms: deque = field(default_factory=lambda: deque(maxlen=3000))  # wall time of recent steps
+    batch: deque = field(default_factory=lambda: deque(maxlen=3000))  # sessions in those steps
+
+
+@dataclass
+class BatchState:
+    """Everything per session that the batched step carries from one micro-turn to the next."""
+
+    model: StreamState
+    vocoder: VocoderState
+    resampler: ResamplerState
+    mel_history: torch.Tensor  # [B, MEL_CONTEXT] the last input samples (causal log-mel context)
+
+    def select(self, rows: list[int]) -> BatchState:
+        voc = self.vocoder.split()
+        return BatchState(
+            self.model.select(rows), VocoderState.cat([voc[r] for r in rows]), self.resampler.rows(rows),
+            self.mel_history[rows],
+        )
+
+    @staticmethod
+    def concat(parts: list[BatchState]) -> BatchState:
+        return BatchState(
+            StreamState.concat([p.model for p in parts]), VocoderState.cat([p.vocoder for p in parts]),
+            ResamplerState.cat([p.resampler for p in parts]), torch.cat([p.mel_history for p in parts]),
+        )
+
+    def row(self, r: int) -> BatchState:
+        """Views of row r: stepping them updates the batched tensors in place (batch-invariant mode)."""
+        m = self.model
+        model = StreamState(
+            [k[r : r + 1] for k in m.keys], [v[r : r + 1] for v in m.values], m.slot_pos[r : r + 1],
+            m.turn[r : r + 1], m.seeds[r : r + 1],
+        )
+        voc = VocoderState([c[r : r + 1] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[r : r + 1])
+        return BatchState(model, voc, self.resampler.rows([r]), self.mel_history[r : r + 1])
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, model: InteractionModel, tokenizer: TextTokenizer, vocoder: Vocoder):
+        self.config = config
+        self.model = model.eval()
+        self.vocoder = vocoder.eval()
+        self.tokenizer = tokenizer
+        cfg = model.cfg
+        self.turn_s = cfg.micro_turn_ms / 1000.0
+        self.chunk_samples = audio.SAMPLE_RATE * cfg.micro_turn_ms // 1000
+        if cfg.frames * audio.HOP != self.chunk_samples:
+            raise ValueError(f"model micro-turn {cfg.micro_turn_ms} ms is not a whole number of mel frames")
+        self.upsampler = StreamingResampler(audio.SAMPLE_RATE, OUTPUT_RATE)
+        self.sessions: list[Session] = []
+        self.state: BatchState | None = None
+        self.stats = EngineStats(step_ms=deque(maxlen=config.step_history), batch=deque(maxlen=config.step_history))
+        self._joining: list[Session] = []
+        self._leaving: set[Session] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- sessions ----
+    def open_session(
+        self, on_output: Callable[[MicroTurnOutput], None] | None = None, seed: int | None = None
+    ) -> Session:
+        """A new session; it joins the batch at the next micro-turn. `seed` fixes its sampling noise."""
+        with self._lock:
+            if len(self.sessions) + len(self._joining) - len(self._leaving) >= self.config.max_sessions:
+                raise RuntimeError(f"engine is full: {self.config.max_sessions} sessions (EngineConfig.max_sessions)")
+            session = Session(
+                self.tokenizer, self.chunk_samples, self.config.input_backlog_ms * audio.SAMPLE_RATE // 1000,
+                self.model.cfg.video_size, max(1, round(self.config.video_interval_ms / self.model.cfg.micro_turn_ms)),
+                on_output=on_output, seed=seed,
+            )
+            self._joining.append(session)
+            return session
+
+    def close_session(self, session: Session) -> None:
+        """The session leaves at the next micro-turn and its state is freed."""
+        with self._lock:
+            session.closed = True
+            if session in self._joining:
+                self._joining.remove(session)
+            elif session in self.sessions:
+                self._leaving.add(session)
+
+    def _fresh_state(self, sessions: list[Session]) -> BatchState:
+        n = len(sessions)
+        return BatchState(
+            self.model.new_state(n, seeds=[s.seed for s in sessions]),
+            self.vocoder.new_state(n),
+            ResamplerState.cat([self.upsampler.new_state(1) for _ in sessions]) if self.state is None
+            else ResamplerState(torch.zeros(n, self.upsampler.context), self.state.resampler.consumed,
+                                self.state.resampler.emitted),
+            torch.zeros(n, MEL_CONTEXT),
+        )
+
+    def _apply_membership(self) -> None:
+        with self._lock:
+            leaving, joining = self._leaving, self._joining
+            self._leaving, self._joining = set(), []
+        if leaving:
+            keep = [i for i, s in enumerate(self.sessions) if s not in leaving]
+            self.sessions = [self.sessions[i] for i in keep]
+            self.state = self.state.select(keep) if keep else None
+        if joining:
+            fresh = self._fresh_state(joining)
+            self.state = fresh if self.state is None else BatchState.concat([self.state, fresh])
+            self.sessions += joining
+
+    # ---- one micro-turn ----
+    def _step_rows(self, state: BatchState, inputs: list[TurnInputs]) -> tuple[StepOutput, torch.Tensor, torch.Tensor]:
+        """The batched computation for the sessions of `state` (mutated in place)."""
+        cfg = self.model.cfg
+        samples = torch.from_numpy(np.stack([i.samples for i in inputs]))
+        mel = audio.log_mel(samples, state.mel_history)
+        state.mel_history = torch.cat([state.mel_history, samples], dim=1)[:, -MEL_CONTEXT:]
+        videos = [i.video for i in inputs]
+        present = torch.tensor([v is not None for v in videos])
+        video = None
+        if bool(present.any()):
+            blank = torch.zeros(3, cfg.video_size, cfg.video_size)
+            video = torch.stack([blank if v is None else v for v in videos])
+        step_inputs = StepInputs(
+            user_dmel=audio.dmel(mel, cfg.dmel_bins),
+            bg_token=torch.tensor([i.bg_token for i in inputs]),
+            typed_token=torch.tensor([i.typed_token for i in inputs]),
+            gap=torch.tensor([i.gap for i in inputs]),
+            video=video, video_present=present if video is not None else None,
+            speaking_override=torch.tensor([i.speaking_override for i in inputs]),
+        )
+        out = self.model.step(state.model, step_inputs)
+        wave_16k, state.vocoder = self.vocoder.synthesize(out.mel, state.vocoder)
+        wave_24k, state.resampler = self.upsampler.process(state.resampler, wave_16k)
+        return out, wave_16k, wave_24k
+
+    @torch.inference_mode()
+    def step_once(self) -> dict[Session, MicroTurnOutput]:
+        """Advance every live session by one micro-turn; returns (and calls back with) their outputs."""
+        started = time.perf_counter()
+        self._apply_membership()
+        if not self.sessions:
+            return {}
+        state, sessions = self.state, self.sessions
+        inputs = [s.take_inputs() for s in sessions]
+        if self.config.batch_invariant:
+            rows = [state.row(r) for r in range(len(sessions))]
+            results = [self._step_rows(rows[r], [inputs[r]]) for r in range(len(sessions))]
+            for r, row in enumerate(rows):  # carry the per-row tensors that were replaced, not mutated
+                state.mel_history[r] = row.mel_history[0]
+                for c_all, c_row in zip(state.vocoder.conv_inputs, row.vocoder.conv_inputs, strict=True):
+                    c_all[r] = c_row[0]
+                state.vocoder.ola_tail[r] = row.vocoder.ola_tail[0]
+                state.resampler.history[r] = row.resampler.history[0]
+            state.resampler = ResamplerState(state.resampler.history, rows[0].resampler.consumed,
+                                             rows[0].resampler.emitted)
+            out = _cat_outputs([o for o, _, _ in results])
+            wave_16k = torch.cat([w for _, w, _ in results])
+            wave_24k = torch.cat([w for _, _, w in results])
+        else:
+            out, wave_16k, wave_24k = self._step_rows(state, inputs)
+
+        wants = (out.speaking_prob > self.model.cfg.gate_threshold).tolist()
+        speaking = out.speaking.tolist()
+        text = out.text.tolist()
+        floor = out.floor_probs.tolist()
+        w16, w24 = wave_16k.numpy(), wave_24k.numpy()
+        outputs = {}
+        for r, session in enumerate(sessions):
+            outputs[session] = session.finish_turn(
+                w16[r].copy(), w24[r].copy(), text[r], speaking[r], wants[r],
+                dict(zip(FLOOR_STATES, floor[r], strict=True)), inputs[r].gap,
+            )
+        self.stats.steps += 1
+        self.stats.step_ms.append((time.perf_counter() - started) * 1000.0)
+        self.stats.batch.append(len(sessions))
+        for session, output in outputs.items():
+            if session.on_output is not None and not session.closed:
+                session.on_output(output)
+        return outputs
+
+    # ---- real time ----
+    def start(self) -> None:
+        """Run micro-turns on a thread, one every 200 ms of monotonic time, until `stop()`."""
+        if self._thread is not None:
+            raise RuntimeError("engine already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="microturn-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        torch.set_num_threads(self.config.threads)
+        deadline = time.monotonic() + self.turn_s
+        while not self._stop.is_set():
+            wait = deadline - time.monotonic()
+            if wait > 0 and self._stop.wait(wait):
+                break
+            self.step_once()
+            deadline += self.turn_s
+            late = time.monotonic() - deadline
+            if late > 0:  # overran the next deadline: skip the deadlines already missed
+                missed = int(late // self.turn_s) + 1
+                self.stats.overruns += 1
+                self.stats.skipped += missed
+                deadline += missed * self.turn_s
+
+
+def _cat_outputs(outputs: list[StepOutput]) -> StepOutput:
+    return StepOutput(**{name: torch.cat([getattr(o, name) for o in outputs]) for name in vars(outputs[0])})

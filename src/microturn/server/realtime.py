@@ -1,0 +1,489 @@
+"""One WebSocket connection <-> one engine session: the Realtime event state machine.
+
+Client events go into the session (audio, typed text, video, speech requests). Every micro-turn the engine
+calls back (from its thread) with the model's output; the connection turns the model's own decisions into
+the protocol's turn-based events:
+- the floor going to speaking/backchannel opens a response (response.created ... content_part.added), whose
+  audio and words stream as response.output_audio.delta / output_audio_transcript.delta;
+- the floor going back to listening with the user silent completes it (... response.done);
+- the floor going to yielding, or to listening while the user speaks, truncates it at what the user can
+  have heard (conversation.item.truncated) and ends it as cancelled (reason turn_detected);
+- the model's perception of the user (user_speaking) gives input_audio_buffer.speech_started / stopped.
+All server events leave through one queue and one writer task, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from microturn.server.codecs import AudioFormatError, decode_audio, decode_base64, duration_ms, encode_audio
+from microturn.server.protocol import (
+    BETA_CONTENT_TYPES,
+    BETA_SERVER_NAMES,
+    ClientEvent,
+    IdMaker,
+    ProtocolError,
+    SessionConfig,
+    apply_session_update,
+    error_event,
+    parse_client_event,
+)
+from microturn.server.security import Limits, RateLimiter
+
+log = logging.getLogger("microturn.server")
+
+SPEAKING_FLOORS = ("speaking", "backchannel")
+
+
+@dataclass
+class ResponseState:
+    """The utterance being reported as a response."""
+
+    id: str
+    item_id: str
+    kind: str  # speaking | backchannel (the floor it opened with)
+    audio_start_s: float  # session time at which its first audio chunk plays
+    audio_start_ms: int  # user input time (ms) when it opened, for the backchannel event
+    words: list[tuple[str, float]] = field(default_factory=list)  # (text, ms into the response audio)
+    audio_sent_ms: float = 0.0
+    first_sent_at: float | None = None  # wall clock of the first audio delta
+
+    @property
+    def transcript(self) -> str:
+        return " ".join(text for text, _ in self.words)
+
+
+class RealtimeConnection:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        engine: Any,
+        limits: Limits,
+        ids: IdMaker,
+        model_name: str,
+        micro_turn_s: float,
+        beta: bool = False,
+    ):
+        self.websocket, self.engine, self.limits, self.ids = websocket, engine, limits, ids
+        self.micro_turn_s = micro_turn_s
+        self.beta = beta
+        self.config = SessionConfig(id=ids("sess"), model=model_name)
+        self.rate = RateLimiter(limits.events_per_second, limits.event_burst)
+        self.outbox: asyncio.Queue[dict | None] = asyncio.Queue()
+        self.items: OrderedDict[str, dict] = OrderedDict()  # the conversation record
+        self.spoken: dict[str, ResponseState] = {}  # assistant items: audio sent and word timings
+        self.response: ResponseState | None = None
+        self.floor = "listening"
+        self.user_speaking = False
+        self.user_item_id: str | None = None  # the user item speech_started announced
+        self.input_ms = 0.0  # client audio received
+        self.turn_events = False  # extension: one microturn.turn event per micro-turn (load tests)
+        self.session = None
+        self.closing = False
+        self.last_rate_error = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_output(output: Any) -> None:  # engine thread
+            try:
+                loop.call_soon_threadsafe(self._on_output, output)
+            except RuntimeError:  # the loop is gone: the session is being closed
+                pass
+
+        self.session = self.engine.open_session(on_output=on_output)
+        writer = asyncio.create_task(self._write())
+        try:
+            self._send("session.created", session=self._session_object())
+            await asyncio.wait_for(self._read(), timeout=self.limits.max_session_s)
+        except TimeoutError:
+            self._send_error(ProtocolError(
+                "session_expired", f"the session reached its maximum length of {self.limits.max_session_s:.0f} s"))
+            self.outbox.put_nowait(None)
+            await asyncio.wait_for(writer, timeout=5.0)
+            await self.websocket.close(code=1000)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            # Free the engine session at once: it leaves at the next micro-turn.
+            self.engine.close_session(self.session)
+            self.closing = True
+            writer.cancel()
+
+    async def _read(self) -> None:
+        while not self.closing:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            raw = message.get("text") if message.get("text") is not None else message.get("bytes", b"")
+            if not self.rate.allow():
+                now = time.monotonic()
+                if now - self.last_rate_error >= 1.0:  # one error per second, not one per dropped event
+                    self.last_rate_error = now
+                    self._send_error(ProtocolError("rate_limit_exceeded", "too many events; some were dropped"))
+                continue
+            try:
+                self._handle(parse_client_event(raw, self.limits.max_event_bytes))
+            except ProtocolError as exc:
+                self._send_error(exc)
+
+    async def _write(self) -> None:
+        while (event := await self.outbox.get()) is not None:
+            await self.websocket.send_json(event)
+
+    # --- sending -----------------------------------------------------------------------------------------
+
+    def _send(self, event_type: str, **fields: Any) -> None:
+        if self.beta:
+            event_type = BETA_SERVER_NAMES.get(event_type, event_type)
+            if event_type is None:
+                return
+        if self.closing:
+            return
+        if self.outbox.qsize() >= self.limits.max_outbox_events:
+            # The client does not read what it is sent: drop it rather than queue without bound.
+            log.warning("closing session %s: the client is not reading its events", self.config.id)
+            self.closing = True
+            self.outbox.put_nowait(None)
+            asyncio.get_running_loop().create_task(self.websocket.close(code=1008))
+            return
+        self.outbox.put_nowait({"type": event_type, "event_id": self.ids("event"), **fields})
+
+    def _send_error(self, error: ProtocolError) -> None:
+        event = error_event(error, "")
+        self._send("error", error=event["error"])
+
+    def _session_object(self) -> dict:
+        return self.config.to_beta() if self.beta else self.config.to_ga()
+
+    def _content_type(self, ga_type: str) -> str:
+        return BETA_CONTENT_TYPES.get(ga_type, ga_type) if self.beta else ga_type
+
+    # --- client events -----------------------------------------------------------------------------------
+
+    def _handle(self, event: ClientEvent) -> None:
+        handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+        try:
+            handler(event.data)
+        except ProtocolError as exc:
+            exc.event_id = exc.event_id or event.event_id
+            raise
+
+    def _on_session_update(self, data: dict) -> None:
+        update = data["session"]
+        old = self.config
+        self.config = apply_session_update(old, update)
+        extension = update.get("microturn")
+        if isinstance(extension, dict) and isinstance(extension.get("turn_events"), bool):
+            self.turn_events = extension["turn_events"]
+        if self.config.instructions and self.config.instructions != old.instructions:
+            self.session.push_text(self.config.instructions)
+        self._send("session.updated", session=self._session_object())
+
+    def _on_input_audio_buffer_append(self, data: dict) -> None:
+        fmt = self.config.input_format
+        try:
+            samples = decode_audio(data["audio"], fmt)
+        except AudioFormatError as exc:
+            raise ProtocolError("invalid_audio", str(exc), param="audio") from None
+        if len(samples):
+            self.session.push_audio(samples, fmt.rate)
+            self.input_ms += duration_ms(len(samples) * fmt.bytes_per_sample, fmt)
+
+    def _on_input_audio_buffer_commit(self, data: dict) -> None:
+        # The model hears audio as it arrives: committing only closes a user item in the record.
+        self._add_user_audio_item(self.ids("item"))
+
+    def _on_input_audio_buffer_clear(self, data: dict) -> None:
+        self._send("input_audio_buffer.cleared")
+
+    def _on_conversation_item_create(self, data: dict) -> None:
+        item = data["item"]
+        previous = data.get("previous_item_id")
+        if previous is not None and previous != "root" and previous not in self.items:
+            raise ProtocolError("item_not_found", f"previous_item_id {previous!r} does not exist", "previous_item_id")
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "system", "assistant"):
+                raise ProtocolError("invalid_value", "a message item needs role user, system or assistant", "item.role")
+            content = item.get("content")
+            if not isinstance(content, list) or not content or not all(isinstance(c, dict) for c in content):
+                raise ProtocolError("invalid_value", "a message item needs a non-empty content list", "item.content")
+            texts = [self._content_text(c) for c in content]
+            if role != "assistant":  # what the user typed (or the system says) streams into the typed-text input
+                for part, text in zip(content, texts, strict=True):
+                    if text:
+                        self.session.push_text(text)
+                    elif part.get("type") == "input_audio":
+                        audio = decode_audio(part.get("audio"), self.config.input_format)
+                        self.session.push_audio(audio, self.config.input_format.rate)
+            record = {"type": "message", "role": role, "content": [
+                {k: v for k, v in c.items() if k != "audio"} for c in content]}
+        elif kind == "function_call_output":
+            output, call_id = item.get("output"), item.get("call_id")
+            if not isinstance(output, str) or not isinstance(call_id, str):
+                raise ProtocolError("invalid_value", "function_call_output needs string call_id and output", "item")
+            self._check_text(output, "item.output")
+            # A tool result is content for the model to say when it fits: the background-text input.
+            self.session.push_background(output)
+            record = {"type": "function_call_output", "call_id": call_id, "output": output}
+        elif kind == "function_call":
+            record = {"type": "function_call", "call_id": str(item.get("call_id", "")), "name": str(item.get("name", "")),
+                      "arguments": str(item.get("arguments", ""))}
+        else:
+            raise ProtocolError("invalid_value", f"unsupported item type {str(kind)[:50]!r}", "item.type")
+        item_id = item.get("id") if isinstance(item.get("id"), str) and item["id"] not in self.items else None
+        self._add_item({"id": item_id or self.ids("item"), "object": "realtime.item", "status": "completed", **record},
+                       previous)
+
+    def _content_text(self, part: dict) -> str:
+        ptype = part.get("type")
+        if ptype not in ("input_text", "input_audio", "text", "output_text", "input_image", "audio", "output_audio"):
+            raise ProtocolError("invalid_value", f"unsupported content type {str(ptype)[:50]!r}", "item.content")
+        text = part.get("text", "") if ptype in ("input_text", "text", "output_text") else ""
+        if not isinstance(text, str):
+            raise ProtocolError("invalid_type", "content text must be a string", "item.content.text")
+        self._check_text(text, "item.content.text")
+        return text
+
+    def _check_text(self, text: str, param: str) -> None:
+        if len(text) > self.limits.max_text_chars:
+            raise ProtocolError("invalid_value", f"text of {len(text)} characters exceeds {self.limits.max_text_chars}", param)
+
+    def _on_conversation_item_retrieve(self, data: dict) -> None:
+        self._send("conversation.item.retrieved", item=self._item(data["item_id"]))
+
+    def _on_conversation_item_delete(self, data: dict) -> None:
+        self._item(data["item_id"])
+        del self.items[data["item_id"]]
+        self.spoken.pop(data["item_id"], None)
+        self._send("conversation.item.deleted", item_id=data["item_id"])
+
+    def _on_conversation_item_truncate(self, data: dict) -> None:
+        item = self._item(data["item_id"])
+        if data["item_id"] not in self.spoken:
+            raise ProtocolError("invalid_value", "only assistant audio items can be truncated", "item_id")
+        if data["content_index"] != 0:
+            raise ProtocolError("invalid_value", "assistant items have one content part (content_index 0)", "content_index")
+        if self.response is not None and self.response.item_id == data["item_id"]:
+            # The client stopped playing the utterance still being spoken: the model stops too.
+            self.session.cancel_speech()
+            self._finish_response("cancelled", "client_cancelled", truncate_ms=float(data["audio_end_ms"]))
+            return
+        self._truncate_item(data["item_id"], float(data["audio_end_ms"]))
+
+    def _on_response_create(self, data: dict) -> None:
+        response = data.get("response") or {}
+        instructions = response.get("instructions")
+        if isinstance(instructions, str) and instructions:
+            self._check_text(instructions, "response.instructions")
+            self.session.push_text(instructions)
+        self.session.request_speech()
+
+    def _on_response_cancel(self, data: dict) -> None:
+        self.session.cancel_speech()
+        if self.response is not None:
+            self._finish_response("cancelled", "client_cancelled")
+
+    def _on_output_audio_buffer_clear(self, data: dict) -> None:
+        self._on_response_cancel(data)
+        self._send("output_audio_buffer.cleared", response_id=None)
+
+    def _on_microturn_video_frame(self, data: dict) -> None:
+        image = data["image"]
+        if image.startswith("data:"):
+            image = image.partition(",")[2]
+        try:
+            raw = decode_base64(image)
+        except AudioFormatError as exc:
+            raise ProtocolError("invalid_image", str(exc).replace("audio", "image"), "image") from None
+        try:
+            with Image.open(io.BytesIO(raw)) as frame:
+                if frame.width * frame.height > self.limits.max_video_pixels:
+                    raise ProtocolError("invalid_image", f"frame of {frame.width}x{frame.height} is too large", "image")
+                rgb = np.asarray(frame.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            if isinstance(exc, ProtocolError):
+                raise
+            raise ProtocolError("invalid_image", f"image is not a readable JPEG/PNG ({exc})", "image") from None
+        self.session.push_video(rgb)
+
+    # --- the record --------------------------------------------------------------------------------------
+
+    def _item(self, item_id: str) -> dict:
+        if item_id not in self.items:
+            raise ProtocolError("item_not_found", f"no item {item_id[:100]!r} in the conversation", "item_id")
+        return self.items[item_id]
+
+    def _add_item(self, item: dict, previous_item_id: str | None = None) -> None:
+        ids = list(self.items)
+        if previous_item_id is None or previous_item_id not in self.items and previous_item_id != "root":
+            previous = ids[-1] if ids else None
+            self.items[item["id"]] = item
+        else:  # insert after previous_item_id ("root": at the start)
+            position = 0 if previous_item_id == "root" else ids.index(previous_item_id) + 1
+            entries = list(self.items.items())
+            entries.insert(position, (item["id"], item))
+            self.items = OrderedDict(entries)
+            previous = None if position == 0 else ids[position - 1]
+        while len(self.items) > self.limits.max_items:
+            dropped, _ = self.items.popitem(last=False)
+            self.spoken.pop(dropped, None)
+        self._send("conversation.item.added", previous_item_id=previous, item=item)
+        if item["status"] != "in_progress":
+            self._send("conversation.item.done", previous_item_id=previous, item=item)
+
+    def _add_user_audio_item(self, item_id: str) -> None:
+        previous = next(reversed(self.items), None)
+        self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
+        self._add_item({"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
+                        "status": "completed", "content": [{"type": "input_audio", "transcript": None}]})
+
+    def _truncate_item(self, item_id: str, audio_end_ms: float) -> None:
+        """Keep only what was heard: audio up to audio_end_ms and the words that started before it."""
+        spoken = self.spoken[item_id]
+        audio_end_ms = min(audio_end_ms, spoken.audio_sent_ms)  # an estimate past the end means: all of it
+        spoken.audio_sent_ms = audio_end_ms
+        spoken.words = [(w, start) for w, start in spoken.words if start < audio_end_ms]
+        item = self.items.get(item_id)
+        if item is not None and item["content"]:
+            item["content"][0]["transcript"] = spoken.transcript
+        self.session.truncate(audio_end_ms / 1000.0)
+        self._send("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=int(audio_end_ms))
+
+    # --- model output (engine callbacks, run on the event loop) ------------------------------------------
+
+    def _on_output(self, output: Any) -> None:
+        if self.closing:
+            return
+        floor = output.floor
+        if self.turn_events:
+            self._send("microturn.turn", micro_turn=output.index, floor=floor, user_speaking=output.user_speaking,
+                       tick_time=getattr(output, "tick_time", None), sent_time=time.time())
+        if floor != self.floor:
+            self._send("microturn.floor", floor=floor, previous=self.floor, micro_turn=output.index,
+                       user_speaking=output.user_speaking)
+        self._track_user(output)
+        response = self.response
+        if response is not None:
+            if floor == "yielding" or (floor == "listening" and output.user_speaking):
+                self._finish_response("cancelled", "turn_detected", truncate_ms=self._heard_ms(response))
+            else:
+                self._stream(response, output)  # the last chunk carries the vocoder's tail
+                if floor == "listening":
+                    self._finish_response("completed")
+        elif floor in SPEAKING_FLOORS:
+            self._open_response(output)
+            self._stream(self.response, output)
+        self.floor = floor
+
+    def _track_user(self, output: Any) -> None:
+        if output.user_speaking == self.user_speaking:
+            return
+        self.user_speaking = output.user_speaking
+        at_ms = int(output.index * self.micro_turn_s * 1000)
+        if output.user_speaking:
+            self.user_item_id = self.ids("item")
+            self._send("input_audio_buffer.speech_started", audio_start_ms=at_ms, item_id=self.user_item_id)
+        else:
+            item_id = self.user_item_id or self.ids("item")
+            self._send("input_audio_buffer.speech_stopped", audio_end_ms=at_ms, item_id=item_id)
+            self._add_user_audio_item(item_id)
+            self.user_item_id = None
+
+    def _open_response(self, output: Any) -> None:
+        # Output of micro-turn t plays during [(t + 1) * turn, (t + 2) * turn) of the session.
+        self.response = response = ResponseState(
+            id=self.ids("resp"), item_id=self.ids("item"), kind=output.floor,
+            audio_start_s=(output.index + 1) * self.micro_turn_s, audio_start_ms=int(self.input_ms),
+        )
+        self._send("response.created", response=self._response_object(response, "in_progress", None))
+        item = {"id": response.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                "status": "in_progress", "content": []}
+        self._send("response.output_item.added", response_id=response.id, output_index=0, item=item)
+        self._add_item(item)
+        self.spoken[response.item_id] = response
+        self._send("response.content_part.added", response_id=response.id, item_id=response.item_id,
+                   output_index=0, content_index=0, part=self._part(response))
+
+    def _stream(self, response: ResponseState, output: Any) -> None:
+        where = {"response_id": response.id, "item_id": response.item_id, "output_index": 0, "content_index": 0}
+        audio_mode = "audio" in self.config.output_modalities
+        for word in output.words:
+            start_ms = max(0.0, (word["start"] - response.audio_start_s) * 1000.0)
+            delta = word["text"] if not response.words else " " + word["text"]
+            response.words.append((word["text"], start_ms))
+            self._send("response.output_audio_transcript.delta" if audio_mode else "response.output_text.delta",
+                       delta=delta, **where)
+        chunk_ms = len(output.audio_24k) / 24.0
+        if audio_mode and len(output.audio_24k):
+            if response.first_sent_at is None:
+                response.first_sent_at = time.monotonic()
+            self._send("response.output_audio.delta", delta=encode_audio(output.audio_24k, self.config.output_format),
+                       **where)
+        response.audio_sent_ms += chunk_ms
+
+    def _heard_ms(self, response: ResponseState) -> float:
+        """Audio the client can have played by now: what was sent, less what real time has not reached."""
+        if response.first_sent_at is None:
+            return 0.0
+        return min(response.audio_sent_ms, (time.monotonic() - response.first_sent_at) * 1000.0)
+
+    def _part(self, response: ResponseState | None, transcript: str = "") -> dict:
+        if "audio" in self.config.output_modalities:
+            return {"type": "audio", "transcript": transcript}
+        return {"type": "text", "text": transcript}
+
+    def _finish_response(self, status: str, reason: str | None = None, truncate_ms: float | None = None) -> None:
+        response, self.response = self.response, None
+        if response is None:
+            return
+        if truncate_ms is not None:
+            self._truncate_item(response.item_id, truncate_ms)
+        transcript = response.transcript
+        where = {"response_id": response.id, "item_id": response.item_id, "output_index": 0, "content_index": 0}
+        audio_mode = "audio" in self.config.output_modalities
+        if audio_mode:
+            self._send("response.output_audio.done", **where)
+            self._send("response.output_audio_transcript.done", transcript=transcript, **where)
+        else:
+            self._send("response.output_text.done", text=transcript, **where)
+        self._send("response.content_part.done", part=self._part(response, transcript), **where)
+        content = ({"type": self._content_type("output_audio"), "transcript": transcript} if audio_mode
+                   else {"type": self._content_type("output_text"), "text": transcript})
+        final = {"id": response.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
+                 "status": "completed" if status == "completed" else "incomplete", "content": [content]}
+        if response.item_id in self.items:
+            self.items[response.item_id].update(final)
+        self._send("response.output_item.done", response_id=response.id, output_index=0, item=final)
+        self._send("conversation.item.done", item=final)
+        self._send("response.done", response=self._response_object(response, status, reason, [final]))
+        if response.kind == "backchannel":
+            self._send("microturn.backchannel", response_id=response.id, item_id=response.item_id,
+                       text=transcript, audio_start_ms=response.audio_start_ms)
+
+    def _response_object(self, response: ResponseState, status: str, reason: str | None,
+                         output: list[dict] | None = None) -> dict:
+        details = None if reason is None else {"type": status, "reason": reason}
+        return {
+            "id": response.id, "object": "realtime.response", "status": status, "status_details": details,
+            "output": output or [], "conversation_id": None,
+            "output_modalities": list(self.config.output_modalities),
+            "audio": {"output": {"format": self.config.output_format.to_ga(), "voice": self.config.voice}},
+            "max_output_tokens": self.config.max_output_tokens, "usage": None, "metadata": None,
+        }
+
+

@@ -1,0 +1,182 @@
+"""The streaming step computes what the training forward computes, is causal, windowed and batch-invariant."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from microturn import audio
+from microturn.model.config import get_config
+from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel
+from microturn.model.streaming import StepInputs, StepTeacher, StreamState
+
+torch.set_num_threads(1)
+
+
+def random_batch(cfg, b: int, t: int, seed: int, video: bool = False) -> TurnBatch:
+    """Random but well-formed micro-turn inputs and teacher-forced outputs."""
+    g = torch.Generator().manual_seed(seed)
+    k = cfg.text_slots
+    speaking = torch.randint(0, 2, (b, t), generator=g)
+    mel = torch.rand(b, t, cfg.frames, cfg.n_mels, generator=g) * 2 - 1
+    text = torch.randint(3, cfg.vocab_size, (b, t, k), generator=g) * (torch.rand(b, t, k, generator=g) < 0.3)
+    bg = torch.randint(3, cfg.vocab_size, (b, t), generator=g)
+    batch = TurnBatch(
+        user_dmel=torch.randint(0, cfg.dmel_bins, (b, t, cfg.frames, cfg.n_mels), generator=g),
+        turn_index=torch.arange(t).expand(b, t).clone(),
+        bg_tokens=torch.where(torch.rand(b, t, generator=g) < 0.2, bg, -1),
+        typed_tokens=torch.where(torch.rand(b, t, generator=g) < 0.1, bg.flip(1), -1),
+        gap=torch.rand(b, t, generator=g) < 0.05,
+        speaking=speaking, text=text, mel=mel,
+        out_dmel=audio.dmel(emitted_log_mel(mel, speaking), cfg.dmel_bins),
+        floor=torch.randint(0, 5, (b, t), generator=g),
+        user_text=torch.randint(0, cfg.vocab_size, (b, t, k), generator=g),
+        valid=torch.ones(b, t, dtype=torch.bool),
+    )
+    if video:
+        batch.video = torch.rand(b, t, 3, cfg.video_size, cfg.video_size, generator=g)
+        batch.video_present = torch.rand(b, t, generator=g) < 0.3
+    return batch
+
+
+def step_inputs(batch: TurnBatch, t: int, teacher: bool = True) -> StepInputs:
+    return StepInputs(
+        user_dmel=batch.user_dmel[:, t], bg_token=batch.bg_tokens[:, t], typed_token=batch.typed_tokens[:, t],
+        gap=batch.gap[:, t],
+        video=None if batch.video is None else batch.video[:, t],
+        video_present=None if batch.video_present is None else batch.video_present[:, t],
+        teacher=StepTeacher(batch.text[:, t], batch.mel[:, t], batch.speaking[:, t]) if teacher else None,
+    )
+
+
+def run_steps(model: InteractionModel, batch: TurnBatch, teacher: bool = True, seeds=None):
+    state = model.new_state(batch.user_dmel.shape[0], seeds)
+    return [model.step(state, step_inputs(batch, t, teacher)) for t in range(batch.user_dmel.shape[1])]
+
+
+def make_model(**overrides) -> InteractionModel:
+    torch.manual_seed(0)
+    return InteractionModel(get_config("tiny", **overrides)).eval()
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_step_path_matches_training_forward_over_30_seconds(video):
+    model = make_model(video_size=80)  # small frames keep the video case fast
+    batch = random_batch(model.cfg, b=2, t=150, seed=1, video=video)  # 150 micro-turns = 30 s > window
+    with torch.no_grad():
+        hidden = model(batch)
+        prev = torch.cat([torch.full_like(batch.text[..., :1], 2), batch.text[..., :-1]], dim=-1)
+        text_logits = model.text_head.logits(hidden, prev)
+    outs = run_steps(model, batch)
+    step_hidden = torch.stack([o.hidden for o in outs], dim=1)
+    torch.testing.assert_close(step_hidden, hidden, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([o.text_logits for o in outs], 1), text_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([o.gate_logit for o in outs], 1), model.gate(hidden)[..., 0],
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_window_masks_agree_and_forget_old_input():
+    model = make_model(window=8, n_layers=1)
+    batch = random_batch(model.cfg, b=1, t=30, seed=2)
+    changed = random_batch(model.cfg, b=1, t=30, seed=2)
+    changed.user_dmel[:, 0] = (changed.user_dmel[:, 0] + 5) % model.cfg.dmel_bins
+    with torch.no_grad():
+        hidden, hidden_changed = model(batch), model(changed)
+    step_hidden = torch.stack([o.hidden for o in run_steps(model, batch)], dim=1)
+    torch.testing.assert_close(step_hidden, hidden, atol=1e-5, rtol=1e-5)
+    # in_0 is token 0; with one layer and a window of 8 tokens, in_t (token 2t) sees it only while 2t < 8
+    assert not torch.allclose(hidden[:, 3], hidden_changed[:, 3])
+    torch.testing.assert_close(hidden[:, 4:], hidden_changed[:, 4:], atol=0, rtol=0)
+    step_changed = torch.stack([o.hidden for o in run_steps(model, changed)], dim=1)
+    assert torch.equal(step_changed[:, 4:], step_hidden[:, 4:])
+
+
+def test_output_at_t_ignores_later_inputs():
+    model = make_model()
+    a = random_batch(model.cfg, b=1, t=40, seed=3)
+    b = random_batch(model.cfg, b=1, t=40, seed=4)
+    cut = 25
+    for name in ("user_dmel", "bg_tokens", "typed_tokens", "gap", "text", "mel", "out_dmel", "speaking"):
+        getattr(b, name)[:, :cut] = getattr(a, name)[:, :cut]
+    out_a = run_steps(model, a, teacher=False, seeds=[7])
+    out_b = run_steps(model, b, teacher=False, seeds=[7])
+    for t in range(cut):
+        for field in ("speaking", "text", "mel", "floor_probs"):
+            assert torch.equal(getattr(out_a[t], field), getattr(out_b[t], field)), (t, field)
+    with torch.no_grad():
+        assert torch.equal(model(a)[:, :cut], model(b)[:, :cut])
+    assert any(not torch.equal(out_a[t].hidden, out_b[t].hidden) for t in range(cut, 40))
+
+
+def test_free_running_speaks_and_is_batch_invariant():
+    model = make_model()
+    with torch.no_grad():
+        model.gate.bias.fill_(5.0)  # force speaking so the flow head and the per-session noise run
+    batch = random_batch(model.cfg, b=3, t=6, seed=5)
+    together = run_steps(model, batch, teacher=False, seeds=[11, 12, 13])
+    for i, seed in enumerate([11, 12, 13]):
+        alone_batch = TurnBatch(**{k: (v[i:i + 1] if isinstance(v, torch.Tensor) else v)
+                                   for k, v in vars(batch).items()})
+        alone = run_steps(model, alone_batch, teacher=False, seeds=[seed])
+        for t in range(6):
+            assert together[t].speaking[i] and together[t].mel[i].max() > audio.LOG_MEL_MIN
+            torch.testing.assert_close(together[t].mel[i], alone[t].mel[0], atol=1e-5, rtol=0)
+            assert torch.equal(together[t].text[i], alone[t].text[0])
+
+
+def test_sessions_join_and_leave_between_micro_turns():
+    model = make_model()
+    batch = random_batch(model.cfg, b=2, t=10, seed=6)
+    reference = run_steps(model, batch, seeds=[1, 2])
+    # session 0 runs alone for 4 micro-turns, then session 1 joins (at its own micro-turn 0), then 0 leaves
+    s0 = model.new_state(1, [1])
+    for t in range(4):
+        model.step(s0, step_inputs(TurnBatch(**{k: (v[:1] if isinstance(v, torch.Tensor) else v)
+                                               for k, v in vars(batch).items()}), t))
+    both = StreamState.concat([s0, model.new_state(1, [2])])
+    assert both.turn.tolist() == [4, 0]
+    for j in range(3):
+        inputs = StepInputs(
+            user_dmel=torch.stack([batch.user_dmel[0, 4 + j], batch.user_dmel[1, j]]),
+            bg_token=torch.stack([batch.bg_tokens[0, 4 + j], batch.bg_tokens[1, j]]),
+            typed_token=torch.stack([batch.typed_tokens[0, 4 + j], batch.typed_tokens[1, j]]),
+            gap=torch.stack([batch.gap[0, 4 + j], batch.gap[1, j]]),
+            teacher=StepTeacher(torch.stack([batch.text[0, 4 + j], batch.text[1, j]]),
+                                torch.stack([batch.mel[0, 4 + j], batch.mel[1, j]]),
+                                torch.stack([batch.speaking[0, 4 + j], batch.speaking[1, j]])),
+        )
+        out = model.step(both, inputs)
+        torch.testing.assert_close(out.hidden[0], reference[4 + j].hidden[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.hidden[1], reference[j].hidden[1], atol=1e-5, rtol=1e-5)
+    only_second = both.select([1])
+    assert only_second.batch_size == 1 and only_second.turn.tolist() == [3]
+
+
+def test_bad_step_input_is_rejected():
+    model = make_model()
+    with pytest.raises(ValueError, match="user_dmel"):
+        model.step(model.new_state(2), StepInputs(user_dmel=torch.zeros(1, 20, 80, dtype=torch.long)))
+    with pytest.raises(ValueError, match="seeds"):
+        model.new_state(2, [1])
+
+
+def test_force_silence_override():
+    model = make_model()
+    with torch.no_grad():
+        model.gate.bias.fill_(5.0)
+    state = model.new_state(2)
+    out = model.step(state, StepInputs(user_dmel=torch.zeros(2, 20, 80, dtype=torch.long),
+                                       speaking_override=torch.tensor([0, -1])))
+    assert out.speaking.tolist() == [False, True]
+    assert torch.all(out.mel[0] < audio.LOG_MEL_MIN)
+
+
+def test_configs_build_with_documented_sizes():
+    for name in ("tiny", "small"):
+        model = InteractionModel(get_config(name))
+        assert model.num_params() > 0
+    assert replace(get_config("tiny"), window=4).window == 4
+    with pytest.raises(ValueError, match="unknown model config"):
+        get_config("huge")
