@@ -17,7 +17,9 @@ REPLY = "It is sunny and warm in Paris today. You might want sunglasses. Enjoy t
 
 
 def espeak(text: str) -> np.ndarray:
-    wav = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True).stdout
+    wav = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True
+    ).stdout
     audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return resample(audio, rate, SAMPLE_RATE)
 

@@ -68,12 +68,12 @@ def test_interruption_counts_words_after_the_interruption_and_stop_latency():
     assert m["stop_s"] is None and m["to"] == 0
 
 
-def test_quiet_needs_200_ms():
-    # a 100 ms gap in speech is not "quiet"; the 300 ms gap at 4.0 s is
-    output = tone(6.0, (0.0, 2.0), (2.1, 4.0), (4.3, 6.0))
+def test_quiet_needs_500_ms():
+    # 100 and 300 ms gaps in speech (clause pauses) are not "quiet"; the 600 ms gap at 4.0 s is
+    output = tone(7.0, (0.0, 2.0), (2.1, 3.0), (3.3, 4.0), (4.6, 7.0))
     assert quiet_start_after(output, 1.0) == pytest.approx(4.0, abs=0.021)
-    assert quiet_start_after(output, 4.1) == pytest.approx(4.1)  # already quiet: counts from then
-    assert quiet_start_after(output, 5.0) == pytest.approx(6.0)  # talks to the end
+    assert quiet_start_after(output, 4.3) == pytest.approx(4.3)  # already quiet: counts from then
+    assert quiet_start_after(output, 5.0) == pytest.approx(7.0)  # talks to the end
 
 
 def test_backchannel_segments():
@@ -98,6 +98,11 @@ def test_jsd_is_a_base_2_distance():
     assert fdbench.backchannel_jsd([1.0, 5.0], [5.0], 10.0) == pytest.approx(np.sqrt((kl_p + kl_q) / 2))
 
 
+def said(text, at):
+    """Words of `text`, one every 0.4 s from `at`."""
+    return [Word(t, at + i * 0.4, at + i * 0.4 + 0.3) for i, t in enumerate(text.split())]
+
+
 REPLY = "the museum opens early on sundays and the garden behind it is lovely in spring"
 
 
@@ -108,10 +113,10 @@ def test_overlap_behaviours():
     assert classify_overlap(out, talk, 3.0, 3.4, REPLY) == "continue"
     # stops at 3.3 and comes back with the original content
     out = tone(10.0, (0.0, 3.3), (4.5, 7.0))
-    resumed = talk + [Word(t, 4.5 + i * 0.4, 4.8 + i * 0.4) for i, t in enumerate("garden behind lovely spring".split())]
+    resumed = talk + said("garden behind lovely spring", 4.5)
     assert classify_overlap(out, resumed, 3.0, 3.4, REPLY) == "stop_and_resume"
     # stops and answers something new after the interruption
-    answered = talk + [Word(t, 4.5 + i * 0.4, 4.8 + i * 0.4) for i, t in enumerate("sure, tomorrow looks rainy".split())]
+    answered = talk + said("sure, tomorrow looks rainy", 4.5)
     assert classify_overlap(out, answered, 3.0, 4.0, REPLY) == "stop_and_respond"
     # stops and never comes back
     assert classify_overlap(tone(10.0, (0.0, 3.3)), talk, 3.0, 3.4, REPLY) == "stop"

@@ -29,7 +29,9 @@ def random_batch(cfg, b: int, t: int, seed: int, video: bool = False) -> TurnBat
         bg_tokens=torch.where(torch.rand(b, t, generator=g) < 0.2, bg, -1),
         typed_tokens=torch.where(torch.rand(b, t, generator=g) < 0.1, bg.flip(1), -1),
         gap=torch.rand(b, t, generator=g) < 0.05,
-        speaking=speaking, text=text, mel=mel,
+        speaking=speaking,
+        text=text,
+        mel=mel,
         out_dmel=audio.dmel(emitted_log_mel(mel, speaking), cfg.dmel_bins),
         floor=torch.randint(0, 5, (b, t), generator=g),
         user_text=torch.randint(0, cfg.vocab_size, (b, t, k), generator=g),
@@ -43,7 +45,9 @@ def random_batch(cfg, b: int, t: int, seed: int, video: bool = False) -> TurnBat
 
 def step_inputs(batch: TurnBatch, t: int, teacher: bool = True) -> StepInputs:
     return StepInputs(
-        user_dmel=batch.user_dmel[:, t], bg_token=batch.bg_tokens[:, t], typed_token=batch.typed_tokens[:, t],
+        user_dmel=batch.user_dmel[:, t],
+        bg_token=batch.bg_tokens[:, t],
+        typed_token=batch.typed_tokens[:, t],
         gap=batch.gap[:, t],
         video=None if batch.video is None else batch.video[:, t],
         video_present=None if batch.video_present is None else batch.video_present[:, t],
@@ -72,9 +76,12 @@ def test_step_path_matches_training_forward_over_30_seconds(video):
     outs = run_steps(model, batch)
     step_hidden = torch.stack([o.hidden for o in outs], dim=1)
     torch.testing.assert_close(step_hidden, hidden, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(torch.stack([o.text_logits for o in outs], 1), text_logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(torch.stack([o.gate_logit for o in outs], 1), model.gate(hidden)[..., 0],
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.stack([o.text_logits for o in outs], 1), text_logits, atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.stack([o.gate_logit for o in outs], 1), model.gate(hidden)[..., 0], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_window_masks_agree_and_forget_old_input():
@@ -117,8 +124,9 @@ def test_free_running_speaks_and_is_batch_invariant():
     batch = random_batch(model.cfg, b=3, t=6, seed=5)
     together = run_steps(model, batch, teacher=False, seeds=[11, 12, 13])
     for i, seed in enumerate([11, 12, 13]):
-        alone_batch = TurnBatch(**{k: (v[i:i + 1] if isinstance(v, torch.Tensor) else v)
-                                   for k, v in vars(batch).items()})
+        alone_batch = TurnBatch(
+            **{k: (v[i : i + 1] if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+        )
         alone = run_steps(model, alone_batch, teacher=False, seeds=[seed])
         for t in range(6):
             assert together[t].speaking[i] and together[t].mel[i].max() > audio.LOG_MEL_MIN
@@ -133,8 +141,15 @@ def test_sessions_join_and_leave_between_micro_turns():
     # session 0 runs alone for 4 micro-turns, then session 1 joins (at its own micro-turn 0), then 0 leaves
     s0 = model.new_state(1, [1])
     for t in range(4):
-        model.step(s0, step_inputs(TurnBatch(**{k: (v[:1] if isinstance(v, torch.Tensor) else v)
-                                               for k, v in vars(batch).items()}), t))
+        model.step(
+            s0,
+            step_inputs(
+                TurnBatch(
+                    **{k: (v[:1] if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+                ),
+                t,
+            ),
+        )
     both = StreamState.concat([s0, model.new_state(1, [2])])
     assert both.turn.tolist() == [4, 0]
     for j in range(3):
@@ -143,9 +158,11 @@ def test_sessions_join_and_leave_between_micro_turns():
             bg_token=torch.stack([batch.bg_tokens[0, 4 + j], batch.bg_tokens[1, j]]),
             typed_token=torch.stack([batch.typed_tokens[0, 4 + j], batch.typed_tokens[1, j]]),
             gap=torch.stack([batch.gap[0, 4 + j], batch.gap[1, j]]),
-            teacher=StepTeacher(torch.stack([batch.text[0, 4 + j], batch.text[1, j]]),
-                                torch.stack([batch.mel[0, 4 + j], batch.mel[1, j]]),
-                                torch.stack([batch.speaking[0, 4 + j], batch.speaking[1, j]])),
+            teacher=StepTeacher(
+                torch.stack([batch.text[0, 4 + j], batch.text[1, j]]),
+                torch.stack([batch.mel[0, 4 + j], batch.mel[1, j]]),
+                torch.stack([batch.speaking[0, 4 + j], batch.speaking[1, j]]),
+            ),
         )
         out = model.step(both, inputs)
         torch.testing.assert_close(out.hidden[0], reference[4 + j].hidden[0], atol=1e-5, rtol=1e-5)
@@ -167,8 +184,12 @@ def test_force_silence_override():
     with torch.no_grad():
         model.gate.bias.fill_(5.0)
     state = model.new_state(2)
-    out = model.step(state, StepInputs(user_dmel=torch.zeros(2, 20, 80, dtype=torch.long),
-                                       speaking_override=torch.tensor([0, -1])))
+    out = model.step(
+        state,
+        StepInputs(
+            user_dmel=torch.zeros(2, 20, 80, dtype=torch.long), speaking_override=torch.tensor([0, -1])
+        ),
+    )
     assert out.speaking.tolist() == [False, True]
     assert torch.all(out.mel[0] < audio.LOG_MEL_MIN)
 

@@ -23,12 +23,13 @@ from microturn.data.synth import SHAPES, ConversationSpec, is_own_act, render
 from microturn.data.tts import TtsCache
 
 CORPUS_CONFIG = "corpus.json"
-WORDS_PER_S = 2.6  # spoken rate of the voices, for planning only
+WORDS_PER_S = 2.2  # spoken rate of the voices, for planning only
 MIN_CONVERSATION_S, MAX_CONVERSATION_S = 30.0, 120.0
 
 
-def _turn_s(text: str) -> float:
-    return len(text.split()) / WORDS_PER_S + 0.5
+def _turn_s(text: str, max_words: int | None = None) -> float:
+    n_words = len(text.split())
+    return min(n_words, max_words or n_words) / WORDS_PER_S + 0.8
 
 
 def _conversation_segments(chat: Chat, rng: np.random.Generator) -> list[tuple[int, int, float]]:
@@ -90,7 +91,7 @@ def plan(split: str, minutes: float, seed: int, shape: str = "conversation") -> 
             positions = _episode_positions(chat, shape)
             rng.shuffle(positions)
             pieces = [
-                (f, n, sum(_turn_s(t.text) for t in chat.turns[f : f + n]), chat.turns[f].sender)
+                (f, n, sum(_turn_s(t.text, 45) for t in chat.turns[f : f + n]), chat.turns[f].sender)
                 for f, n in positions[:2]
             ]  # at most two episodes per chat: variety of text
         for first, n_turns, est, user_sender in pieces:

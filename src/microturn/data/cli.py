@@ -14,7 +14,9 @@ def _synth(args: argparse.Namespace) -> int:
 
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {args.minutes}")
-    summary = synth_corpus(args.out, args.minutes, args.seed, args.split, args.shape, args.cache, args.workers)
+    summary = synth_corpus(
+        args.out, args.minutes, args.seed, args.split, args.shape, args.cache, args.workers
+    )
     print(json.dumps(summary))
     return 0
 
@@ -43,8 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--minutes", type=float, required=True, help="about this many minutes of conversation")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--split", choices=SPLITS, default="train")
-    synth.add_argument("--shape", choices=SHAPES, default="conversation",
-                       help="conversation, or single Full-Duplex-Bench episodes of one kind")
+    synth.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="conversation",
+        help="conversation, or single Full-Duplex-Bench episodes of one kind",
+    )
     synth.add_argument("--cache", default=None, help="TTS unit cache folder (default: cache/tts in the repo)")
     synth.add_argument("--workers", type=int, default=1)
     synth.set_defaults(func=_synth)

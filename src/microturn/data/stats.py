@@ -15,7 +15,12 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"n": 0, "p10": None, "p50": None, "p90": None}
     p10, p50, p90 = np.percentile(values, [10, 50, 90])
-    return {"n": len(values), "p10": round(float(p10), 3), "p50": round(float(p50), 3), "p90": round(float(p90), 3)}
+    return {
+        "n": len(values),
+        "p10": round(float(p10), 3),
+        "p50": round(float(p50), 3),
+        "p90": round(float(p90), 3),
+    }
 
 
 def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
@@ -42,6 +47,12 @@ def corpus_stats(corpus_dir: str | Path) -> dict[str, Any]:
                 pauses.append(event["end"] - event["start"])
             elif kind == "overlap":
                 overlaps.append(event["end"] - event["start"])
-    return {"corpus": str(corpus_dir), "hours": round(seconds / 3600, 3), "conversations": len(entries),
-            "phenomena": dict(sorted(counts.items())), "gap_s": _percentiles(gaps), "pause_s": _percentiles(pauses),
-            "overlap_s": _percentiles(overlaps)}
+    return {
+        "corpus": str(corpus_dir),
+        "hours": round(seconds / 3600, 3),
+        "conversations": len(entries),
+        "phenomena": dict(sorted(counts.items())),
+        "gap_s": _percentiles(gaps),
+        "pause_s": _percentiles(pauses),
+        "overlap_s": _percentiles(overlaps),
+    }

@@ -64,15 +64,15 @@ class SynthConfig:
     pause_p: float = 0.2  # per word boundary candidate inside a user turn
     pause_p_assistant: float = 0.03
     filler_p: float = 0.12  # per clause start, user
-    self_correction_p: float = 0.05  # per clause of >= 3 words, user
+    self_correction_p: float = 0.08  # per clause of >= 3 words, user
     assistant_backchannel_p: float = 0.55  # per eligible boundary in a user turn
     user_backchannel_p: float = 0.3  # per eligible boundary in an assistant turn
     interruption_p: float = 0.3  # per assistant content turn of >= 2.5 s followed by a user turn
-    side_speech_p: float = 0.07  # per user turn: the user talks to someone else first
+    side_speech_p: float = 0.1  # per user turn: the user talks to someone else first
     side_speech_during_assistant_p: float = 0.05  # per eligible boundary in an assistant turn
-    long_silence_p: float = 0.07  # per turn transition: both silent 2-6 s
-    background_speech_p: float = 0.3  # per conversation
-    echo_p: float = 0.35  # per conversation
+    long_silence_p: float = 0.05  # per turn transition: both silent 2-6 s
+    background_speech_p: float = 0.35  # per conversation
+    echo_p: float = 0.4  # per conversation
     noise_p: float = 0.75  # per conversation
     min_snr_db: float = 5.0
     max_snr_db: float = 35.0
@@ -87,6 +87,7 @@ class SynthConfig:
         if shape == "conversation":
             return SynthConfig()
         quiet = dict(
+            max_turn_words=45,
             side_speech_p=0.0,
             side_speech_during_assistant_p=0.0,
             long_silence_p=0.0,
@@ -115,7 +116,7 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class ConversationSpec:
-    """What to render: turns [first_turn, first_turn + n_turns) of a chat; sender `user_sender` is the user."""
+    """Turns [first_turn, first_turn + n_turns) of a chat to render; sender `user_sender` is the user."""
 
     id: str
     split: str
@@ -252,7 +253,7 @@ class _Renderer:
         bc_p = cfg.assistant_backchannel_p if is_user else cfg.user_backchannel_p
         pause_p = cfg.pause_p if is_user else cfg.pause_p_assistant
         forced_at = int(rng.integers(max(1, n_words // 3), max(2, 2 * n_words // 3))) if force_pause else -1
-        t, spoken = start, 0
+        t, spoken, paused = start, 0, False
         for ci, clause in enumerate(clauses):
             if is_user and rng.random() < cfg.filler_p:
                 filler = self.phrase("user", "filler", voice, str(rng.choice(USER_FILLERS)), t, "user", gain)
@@ -264,7 +265,7 @@ class _Renderer:
                 else -1
             )
             for wi, word in enumerate(clause):
-                if wi == repair_at:
+                if wi == repair_at and not paused:  # a repair right after a pause would hide the pause's end
                     t = self.self_correction(utt, clause, wi, t, gain)
                 if not is_user and wi == 0 and ci > 0 and rng.random() < cfg.side_speech_during_assistant_p:
                     self.side_speech(t)
@@ -275,12 +276,13 @@ class _Renderer:
                 # the silence before the next word: a pause, a clause gap or a word gap
                 at_clause_end = wi == len(clause) - 1
                 candidate = at_clause_end or word.strip(".,?!") in _UNFINISHED
-                if spoken == forced_at or (
+                paused = spoken == forced_at or (
                     forced_at < 0
                     and candidate
                     and rng.random() < pause_p
                     and (at_clause_end or rng.random() < 0.4)
-                ):
+                )
+                if paused:
                     gap = samples(self.pause_s(force_pause))
                     self.events.append(Event("pause", speaker, t, t + gap))
                     if t - start > samples(1.5):

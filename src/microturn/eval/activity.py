@@ -18,7 +18,7 @@ from microturn.audio import SAMPLE_RATE
 
 FRAME_S = 0.02
 QUIET_RMS = 0.01  # -40 dBFS
-MIN_QUIET_S = 0.2
+MIN_QUIET_S = 0.5  # longer than the pauses at commas and between sentences (piper: ~200-300 ms)
 
 
 @dataclass(frozen=True)

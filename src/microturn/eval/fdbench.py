@@ -63,7 +63,7 @@ def turn_taking_metrics(words: list[Word], user_end_s: float) -> dict:
 def interruption_metrics(words: list[Word], start_s: float, end_s: float, output: np.ndarray) -> dict:
     """User interruption: TO on the words that start after the interruption ends; latency = first such
     word - interruption end (clipped at 0, defined when TO = 1); stop latency = start of the first
-    >= 200 ms quiet stretch of the output at or after the interruption's start - that start, defined when
+    >= 500 ms quiet stretch of the output at or after the interruption's start - that start, defined when
     the system was speaking in the 200 ms before the interruption began."""
     after = [w for w in words if w.start >= end_s]
     to = takeover(after)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from microturn.audio import SAMPLE_RATE, write_wav
-from microturn.eval.activity import FRAME_S, active_at, quiet_start_after
+from microturn.eval.activity import FRAME_S, MIN_QUIET_S, active_at, quiet_start_after
 from microturn.eval.fdbench import Word
 from microturn.eval.samples import OVERLAP_SCENARIOS
 
@@ -40,7 +41,7 @@ _TOKEN = re.compile(r"[a-z']+")
 class OverlapRule:
     speaking_before_s: float = 0.2  # the system must be audible in the 200 ms before the overlap starts
     stop_within_s: float = 1.5  # a yield is a silence that starts within this after the overlap start
-    yield_silence_s: float = 0.5  # ... and lasts at least this long
+    yield_silence_s: float = MIN_QUIET_S  # ... and lasts at least this long (500 ms)
     restart_within_s: float = (
         4.0  # speech after the yield counts if it starts within this after the overlap end
     )
@@ -190,36 +191,54 @@ def render_scenario(plan: ScenarioPlan, tts, rng: np.random.Generator) -> tuple[
     return audio, entry, background
 
 
-def export_overlap(corpus_dir: str | Path, out_dir: str | Path, per_scenario: int, seed: int = 0) -> int:
-    """Write `per_scenario` samples of each scenario from the corpus's test split under
-    out_dir/overlap_<scenario>/<conv id>/; returns the number of samples written."""
+def write_scenario_sample(folder: Path, plan: ScenarioPlan, tts, rng: np.random.Generator) -> None:
+    """One sample folder (input.wav, overlap.json, background.json), written under a temporary name
+    and renamed, so an interrupted export never leaves half a sample."""
+    audio, overlap_entry, background = render_scenario(plan, tts, rng)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_wav(tmp / "input.wav", audio)
+    (tmp / "background.json").write_text(json.dumps(background, indent=1) + "\n")
+    (tmp / "overlap.json").write_text(json.dumps([overlap_entry], indent=1) + "\n")
+    tmp.rename(folder)
+
+
+def export_overlap(
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    per_scenario: int,
+    seed: int = 0,
+    tts_cache: Path | None = None,
+) -> int:
+    """Write up to `per_scenario` samples of each scenario, from the corpus's held-out conversations, as
+    out_dir/overlap_<scenario>/<conversation id>/; returns the number of samples written."""
     from microturn.data.corpus import load_conversation, load_manifest
     from microturn.data.tts import TtsCache
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
-    entries = [e for e in load_manifest(corpus_dir) if e["split"] == "test"]
+    entries = [e for e in load_manifest(corpus_dir) if e["split"] in ("valid", "test")]
     if not entries:
-        raise ValueError(f"{corpus_dir}: no test-split conversation to build overlap scenarios from")
+        raise ValueError(f"{corpus_dir}: no held-out (valid or test) conversation to build scenarios from")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(
+            f"{out_dir}: already exists and is not empty; choose a new folder (nothing was changed)"
+        )
     rng = np.random.default_rng(seed)
-    tts = TtsCache()
+    tts = TtsCache(tts_cache) if tts_cache else TtsCache()
+    target = per_scenario * len(OVERLAP_SCENARIOS)
     written = 0
-    with tqdm(total=per_scenario * len(OVERLAP_SCENARIOS), desc="overlap scenarios", unit="sample") as bar:
+    with tqdm(total=target, desc="overlap scenarios", unit="sample") as bar:
         for entry in entries:
-            if written >= per_scenario * len(OVERLAP_SCENARIOS):
+            if written >= target:
                 break
             conversation = load_conversation(corpus_dir / entry["path"])
             for plan in plan_scenarios(conversation, rng):
                 folder = out_dir / f"overlap_{plan.scenario}" / conversation.id
-                folder.mkdir(parents=True, exist_ok=True)
-                audio, overlap_entry, background = render_scenario(plan, tts, rng)
-                write_wav(folder / "input.wav", audio)
-                (folder / "background.json").write_text(json.dumps(background, indent=1))
-                (folder / "overlap.json").write_text(json.dumps([overlap_entry], indent=1))
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                write_scenario_sample(folder, plan, tts, rng)
                 written += 1
                 bar.update(1)
-    if written < per_scenario * len(OVERLAP_SCENARIOS):
-        print(
-            f"export-overlap: only {written // len(OVERLAP_SCENARIOS)} usable test conversations "
-            f"in {corpus_dir}"
-        )
+    if written < target:
+        print(f"export-overlap: {corpus_dir} gave {written // len(OVERLAP_SCENARIOS)} usable conversations")
     return written

@@ -29,7 +29,8 @@ def latency_histogram(
 ) -> None:
     """One panel per latency kind (e.g. "turn-taking", "interruption"), one colour per system.
     latencies: {system label: {kind: [seconds, ...]}}."""
-    kinds = sorted({k for per_system in latencies.values() for k in per_system})
+    # the kinds in the order given, those with at least one value
+    kinds = list(dict.fromkeys(k for per_system in latencies.values() for k, v in per_system.items() if v))
     fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(5 * max(1, len(kinds)), 3.5), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=False):
         values = [v for per_system in latencies.values() for v in per_system.get(kind, [])]

@@ -9,7 +9,7 @@ from microturn.audio import read_wav
 from microturn.eval.activity import speech_segments
 from microturn.eval.fdbench import words_from_transcript
 from microturn.eval.plots import latency_histogram, timeline_plot
-from microturn.eval.runner import BenchRun
+from microturn.eval.runner import BACKGROUND_MODES, BenchRun
 from microturn.eval.samples import TASK_FILES, read_annotations
 
 # (key, column title); the arrow says which way is better
@@ -125,7 +125,9 @@ def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int 
         "# Full-Duplex-Bench evaluation",
         "",
         "Metrics as defined in docs/evaluation.md. Background mode: `oracle` feeds the held-out reply text "
-        "at the corpus's delay (isolates timing); `embedded`/URL use a real background model.",
+        "at the corpus's delay (isolates the interaction timing); available modes: "
+        + ", ".join(f"`{m}`" for m in BACKGROUND_MODES)
+        + " (`embedded` and a URL, the real background model, come with the background model).",
         "",
         "| system | background | " + " | ".join(t for _, t in columns) + " | " + " | ".join(counts) + " |",
         "|---|---|" + "---|" * (len(columns) + len(counts)),

@@ -71,7 +71,8 @@ def find_sample_dirs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder of Full-Duplex-Bench samples")
     markers = ("input.wav", *TASK_FILES.values())
-    dirs = {p.parent for name in markers for p in root.rglob(name)}
+    # "*.tmp" folders are samples an interrupted export left half-written
+    dirs = {p.parent for name in markers for p in root.rglob(name) if not p.parent.name.endswith(".tmp")}
     if not dirs:
         raise ValueError(f"{root}: holds no sample folder (no input.wav or annotation file)")
     return sorted(dirs)

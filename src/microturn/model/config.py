@@ -15,7 +15,9 @@ class ModelConfig:
     n_layers: int = 6
     n_heads: int = 4
     mlp: str = "swiglu"  # swiglu | gelu
-    mlp_ratio: float = 8 / 3  # hidden = ratio * d_model (8/3 keeps SwiGLU at the parameter count of a 4x GELU)
+    mlp_ratio: float = (
+        8 / 3
+    )  # hidden = ratio * d_model (8/3 keeps SwiGLU at the parameter count of a 4x GELU)
     window: int = 512  # sliding attention window in tokens (2 tokens per micro-turn: 512 = 51.2 s)
     rope_base: float = 10_000.0
     # micro-turn geometry
@@ -62,16 +64,41 @@ class ModelConfig:
 CONFIGS: dict[str, ModelConfig] = {
     # The test suite trains this one in seconds.
     "tiny": ModelConfig(
-        d_model=64, n_layers=2, n_heads=2, window=64, vocab_size=512, dmel_dim=8, flow_dim=64,
-        flow_layers=2, flow_steps=4,
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        window=64,
+        vocab_size=512,
+        dmel_dim=8,
+        flow_dim=64,
+        flow_layers=2,
+        flow_steps=4,
     ),
     # The CPU default: one micro-turn of one session within 10 ms on one core.
     "small": ModelConfig(d_model=256, n_layers=6, n_heads=4, flow_dim=192, flow_layers=2, flow_steps=4),
     # GPU sizes.
-    "base": ModelConfig(d_model=768, n_layers=12, n_heads=12, window=1024, vocab_size=8192, dmel_dim=64,
-                        flow_dim=512, flow_layers=4, flow_steps=8),
-    "large": ModelConfig(d_model=1536, n_layers=24, n_heads=16, window=2048, vocab_size=16384,
-                         dmel_dim=96, flow_dim=1024, flow_layers=6, flow_steps=8),
+    "base": ModelConfig(
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        window=1024,
+        vocab_size=8192,
+        dmel_dim=64,
+        flow_dim=512,
+        flow_layers=4,
+        flow_steps=8,
+    ),
+    "large": ModelConfig(
+        d_model=1536,
+        n_layers=24,
+        n_heads=16,
+        window=2048,
+        vocab_size=16384,
+        dmel_dim=96,
+        flow_dim=1024,
+        flow_layers=6,
+        flow_steps=8,
+    ),
 }
 
 

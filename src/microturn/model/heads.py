@@ -27,7 +27,7 @@ class SlotTextDecoder(nn.Module):
 
     def _slot_logits(self, base: torch.Tensor, prev_tokens: torch.Tensor, first_slot: int) -> torch.Tensor:
         s = prev_tokens.shape[-1]
-        x = base[..., None, :] + self.text_embedding(prev_tokens) + self.slot_pos[first_slot:first_slot + s]
+        x = base[..., None, :] + self.text_embedding(prev_tokens) + self.slot_pos[first_slot : first_slot + s]
         x = x + self.mlp(self.norm1(x))
         return self.norm2(x) @ self.text_embedding.weight.T
 
@@ -90,15 +90,21 @@ class FlowMelHead(nn.Module):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x [N, frames, n_mels], t [N], cond [N, d_model] -> predicted velocity like x."""
-        h = self.inp(x) + self.frame_pos + (self.cond(cond) + self.time(sinusoid(t, self.frame_pos.shape[1])))[:, None]
+        h = (
+            self.inp(x)
+            + self.frame_pos
+            + (self.cond(cond) + self.time(sinusoid(t, self.frame_pos.shape[1])))[:, None]
+        )
         for block in self.blocks:
             h = block(h)
         return self.out(self.norm(h))
 
-    def loss(self, target: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def loss(
+        self, target: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         """Flow-matching MSE for targets [N, frames, n_mels] in [-1, 1]."""
-        x0 = torch.randn(target.shape, generator=generator)
-        t = torch.rand(target.shape[0], generator=generator)
+        x0 = torch.randn(target.shape, generator=generator).to(target.device)
+        t = torch.rand(target.shape[0], generator=generator).to(target.device)
         tt = t[:, None, None]
         xt = (1 - (1 - self.sigma_min) * tt) * x0 + tt * target
         v_target = target - (1 - self.sigma_min) * x0

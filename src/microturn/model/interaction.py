@@ -39,8 +39,9 @@ def emitted_log_mel(mel_norm: torch.Tensor, speaking: torch.Tensor) -> torch.Ten
 
 @dataclass
 class TurnBatch:
-    """A batch of conversation crops, T micro-turns each. Targets at index t describe micro-turn t + 1 (what
-    the heads at in_t predict); the out token of micro-turn t embeds exactly those targets (teacher forcing)."""
+    """A batch of conversation crops, T micro-turns each. Targets at index t describe micro-turn t + 1
+    (what the heads at in_t predict); the out token of micro-turn t embeds exactly those targets
+    (teacher forcing)."""
 
     user_dmel: torch.Tensor  # [B, T, frames, n_mels] long
     turn_index: torch.Tensor  # [B, T] long: micro-turns since session start (elapsed time)
@@ -58,7 +59,9 @@ class TurnBatch:
     video_present: torch.Tensor | None = None  # [B, T] bool
 
     def to(self, device: torch.device | str) -> TurnBatch:
-        return TurnBatch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
+        return TurnBatch(
+            **{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
+        )
 
 
 class InteractionModel(nn.Module):
@@ -108,10 +111,21 @@ class InteractionModel(nn.Module):
         present = (tokens >= 0).unsqueeze(-1)
         return (self.text_embedding(tokens.clamp_min(0)) + self.stream_embedding.weight[stream]) * present
 
-    def embed_in(self, user_dmel: torch.Tensor, turn_index: torch.Tensor, bg_tokens: torch.Tensor,
-                 typed_tokens: torch.Tensor, gap: torch.Tensor, video: torch.Tensor | None = None,
-                 video_present: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.user_audio(user_dmel) + self.elapsed(turn_index * self.turn_seconds) + self.block_type.weight[0]
+    def embed_in(
+        self,
+        user_dmel: torch.Tensor,
+        turn_index: torch.Tensor,
+        bg_tokens: torch.Tensor,
+        typed_tokens: torch.Tensor,
+        gap: torch.Tensor,
+        video: torch.Tensor | None = None,
+        video_present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = (
+            self.user_audio(user_dmel)
+            + self.elapsed(turn_index * self.turn_seconds)
+            + self.block_type.weight[0]
+        )
         x = x + self._queued_text(bg_tokens, 0) + self._queued_text(typed_tokens, 1)
         x = x + gap.unsqueeze(-1) * self.gap_marker
         if video is not None and video_present is not None and bool(video_present.any()):
@@ -125,8 +139,12 @@ class InteractionModel(nn.Module):
         return (self.text_embedding(text) + self.out_slot_pos).sum(-2) + self.stream_embedding.weight[2]
 
     def embed_out(self, text: torch.Tensor, out_dmel: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
-        return (self.embed_text_slots(text) + self.out_audio(out_dmel) + self.speaking_flag(speaking)
-                + self.block_type.weight[1])
+        return (
+            self.embed_text_slots(text)
+            + self.out_audio(out_dmel)
+            + self.speaking_flag(speaking)
+            + self.block_type.weight[1]
+        )
 
     def user_text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         slots = self.user_text_head(hidden).unflatten(-1, (self.cfg.text_slots, self.cfg.d_model))
@@ -135,8 +153,15 @@ class InteractionModel(nn.Module):
     # ---- training path ----
     def forward(self, batch: TurnBatch) -> torch.Tensor:
         """Hidden states at the in tokens [B, T, d] for a teacher-forced batch."""
-        x_in = self.embed_in(batch.user_dmel, batch.turn_index, batch.bg_tokens, batch.typed_tokens, batch.gap,
-                             batch.video, batch.video_present)
+        x_in = self.embed_in(
+            batch.user_dmel,
+            batch.turn_index,
+            batch.bg_tokens,
+            batch.typed_tokens,
+            batch.gap,
+            batch.video,
+            batch.video_present,
+        )
         x_out = self.embed_out(batch.text, batch.out_dmel, batch.speaking)
         b, t, d = x_in.shape
         x = torch.stack([x_in, x_out], dim=2).reshape(b, 2 * t, d)  # in_0, out_0, in_1, ...
@@ -158,7 +183,9 @@ class InteractionModel(nn.Module):
             "gate": F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], batch.speaking[valid].float()),
             "text": F.cross_entropy(self.text_head.logits(h, prev).flatten(0, 1), text.flatten()),
             "floor": F.cross_entropy(self.floor_head(h), batch.floor[valid]),
-            "user_text": F.cross_entropy(self.user_text_logits(h).flatten(0, 1), batch.user_text[valid].flatten()),
+            "user_text": F.cross_entropy(
+                self.user_text_logits(h).flatten(0, 1), batch.user_text[valid].flatten()
+            ),
         }
         speaking = batch.speaking[valid].bool()
         if bool(speaking.any()):
@@ -207,18 +234,22 @@ class InteractionModel(nn.Module):
     @torch.no_grad()
     def step(self, state: StreamState, inputs: StepInputs, transcribe_user: bool = False) -> StepOutput:
         """Advance every session by one micro-turn: in token, heads, out token. Mutates `state`.
-        `transcribe_user` also runs the aux user-transcript head (off by default: it costs K vocab projections)."""
+        `transcribe_user` also runs the aux user-transcript head (off by default: K vocab projections)."""
         cfg, b = self.cfg, state.batch_size
         if inputs.user_dmel.shape != (b, cfg.frames, cfg.n_mels):
-            raise ValueError(f"step: user_dmel must be [{b}, {cfg.frames}, {cfg.n_mels}], "
-                             f"got {list(inputs.user_dmel.shape)}")
+            raise ValueError(
+                f"step: user_dmel must be [{b}, {cfg.frames}, {cfg.n_mels}], "
+                f"got {list(inputs.user_dmel.shape)}"
+            )
         none = torch.full((b,), -1, dtype=torch.long)
         x_in = self.embed_in(
-            inputs.user_dmel, state.turn,
+            inputs.user_dmel,
+            state.turn,
             none if inputs.bg_token is None else inputs.bg_token,
             none if inputs.typed_token is None else inputs.typed_token,
             torch.zeros(b, dtype=torch.bool) if inputs.gap is None else inputs.gap,
-            inputs.video, inputs.video_present,
+            inputs.video,
+            inputs.video_present,
         )
         hidden = self._advance(state, x_in, 2 * state.turn)
 
@@ -234,7 +265,9 @@ class InteractionModel(nn.Module):
             text_logits = None
             speaking = prob > cfg.gate_threshold
             if inputs.speaking_override is not None:
-                speaking = torch.where(inputs.speaking_override >= 0, inputs.speaking_override.bool(), speaking)
+                speaking = torch.where(
+                    inputs.speaking_override >= 0, inputs.speaking_override.bool(), speaking
+                )
             text = self.text_head.greedy(hidden, BOS, PAD)
 
         mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
@@ -252,8 +285,14 @@ class InteractionModel(nn.Module):
 
         floor_logits = self.floor_head(hidden)
         return StepOutput(
-            speaking=speaking, speaking_prob=prob, text=text, mel=mel,
+            speaking=speaking,
+            speaking_prob=prob,
+            text=text,
+            mel=mel,
             floor_probs=floor_logits.softmax(-1),
             user_text=self.user_text_logits(hidden).argmax(-1) if transcribe_user else None,
-            hidden=hidden, gate_logit=gate_logit, text_logits=text_logits, floor_logits=floor_logits,
+            hidden=hidden,
+            gate_logit=gate_logit,
+            text_logits=text_logits,
+            floor_logits=floor_logits,
         )

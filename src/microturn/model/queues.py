@@ -37,8 +37,9 @@ class TokenQueue:
         return len(self.pending)
 
 
-def render_queued_stream(arrivals: Iterable[tuple[int, list[int]]], n_turns: int,
-                         per_turn: int = 1) -> list[list[int]]:
+def render_queued_stream(
+    arrivals: Iterable[tuple[int, list[int]]], n_turns: int, per_turn: int = 1
+) -> list[list[int]]:
     """Tokens released per micro-turn for `arrivals` [(turn, ids)] (in arrival order): what a `TokenQueue`
     fed at those turns would pop, micro-turn by micro-turn, for turns 0..n_turns-1."""
     by_turn: dict[int, list[int]] = {}

@@ -28,8 +28,11 @@ class StreamState:
         """The sessions at `index`, in that order (copies, so the result is independent)."""
         index = torch.as_tensor(index, dtype=torch.long)
         return StreamState(
-            keys=[k[index] for k in self.keys], values=[v[index] for v in self.values],
-            slot_pos=self.slot_pos[index], turn=self.turn[index], seeds=self.seeds[index],
+            keys=[k[index] for k in self.keys],
+            values=[v[index] for v in self.values],
+            slot_pos=self.slot_pos[index],
+            turn=self.turn[index],
+            seeds=self.seeds[index],
         )
 
     @staticmethod

