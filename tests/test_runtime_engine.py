@@ -77,6 +77,18 @@ def test_sessions_join_and_leave_mid_run(models) -> None:
     assert engine.step_once() == {} and engine.state is None
 
 
+def test_a_failing_callback_closes_only_its_session(models, capsys) -> None:
+    engine = make_engine(models)
+
+    def broken(_output) -> None:
+        raise OSError("client went away")
+
+    bad, good = engine.open_session(on_output=broken), engine.open_session()
+    assert set(engine.step_once()) == {bad, good}
+    assert "callback failed" in capsys.readouterr().err and bad.closed
+    assert list(engine.step_once()) == [good]
+
+
 def run_session(models, others: int, batch_invariant: bool, steps: int = 10) -> list:
     """Session `a` with the same input and seed, with `others` sessions joining and leaving around it."""
     engine = make_engine(models, batch_invariant=batch_invariant)

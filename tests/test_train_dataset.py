@@ -232,3 +232,15 @@ def test_speed_segment_equals_slicing_the_resampled_signal():
     for src, dst in ((20, 19), (19, 20), (1, 1)):
         full = audio.resample(x, src, dst)
         assert np.array_equal(_speed_segment(x, 20000, 40000, src, dst), full[20000:40000])
+
+
+def test_a_conversation_that_vanishes_is_skipped(tmp_path):
+    corpus = write_corpus(tmp_path / "c", n=2)
+    sampler = CropSampler(
+        CropRenderer(read_conversations(corpus, fixture_tokenizer()), get_config("tiny")),
+        CropPlan(20, 20, 4),
+        0,
+    )
+    (corpus / "train1" / "user.wav").unlink()
+    batch = sampler.batch(0)
+    assert batch.user_dmel.shape[0] == 4 and [c.id for c in sampler.renderer.conversations] == ["train0"]

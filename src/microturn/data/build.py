@@ -119,18 +119,19 @@ def plan(split: str, minutes: float, seed: int, shape: str = "conversation") -> 
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(cache_dir: str, seed: int, split: str) -> None:
+def _init_worker(cache_dir: str, seed: int, split: str, timing_seed: int | None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _worker.update(cache=TtsCache(cache_dir), seed=seed, chats={c.key: c for c in load_chats(split)})
+    chats = {c.key: c for c in load_chats(split)}
+    _worker.update(cache=TtsCache(cache_dir), seed=seed, timing_seed=timing_seed, chats=chats)
 
 
 def _render_one(job: tuple[ConversationSpec, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     spec, out = job
     cache: TtsCache = _worker["cache"]
     before = {k: dict(v) for k, v in cache.stats.items()}
-    conv = render(spec, _worker["chats"], cache, _worker["seed"])
+    conv = render(spec, _worker["chats"], cache, _worker["seed"], timing_seed=_worker["timing_seed"])
     write_conversation(Path(out) / spec.id, conv)
     delta = {k: {m: v[m] - before.get(k, {}).get(m, 0) for m in v} for k, v in cache.stats.items()}
     return conv.manifest_entry(Path(out)), delta
@@ -157,7 +158,11 @@ def _check_corpus_config(out: Path, config: dict[str, Any]) -> None:
             existing = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-        clash = {k: existing.get(k) for k in ("seed", "split", "shape") if existing.get(k) != config[k]}
+        clash = {
+            k: existing.get(k)
+            for k in ("seed", "timing_seed", "split", "shape")
+            if existing.get(k) != config[k]
+        }
         if clash:
             raise ValueError(f"{path}: {out} holds a corpus made with {clash}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +180,7 @@ def synth_corpus(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     progress: bool = True,
+    timing_seed: int | None = None,
 ) -> dict[str, Any]:
     """Render (or finish rendering) a corpus; returns a summary with speeds."""
     out = Path(out)
@@ -183,7 +189,15 @@ def synth_corpus(
     if not specs:
         raise ValueError(f"no {split} chats fit the shape {shape!r}")
     _check_corpus_config(
-        out, {"seed": seed, "split": split, "shape": shape, "minutes": minutes, "cache": str(cache_dir)}
+        out,
+        {
+            "seed": seed,
+            "timing_seed": timing_seed,
+            "split": split,
+            "shape": shape,
+            "minutes": minutes,
+            "cache": str(cache_dir),
+        },
     )
     entries: dict[str, dict[str, Any]] = {}
     for spec in specs:
@@ -196,11 +210,13 @@ def synth_corpus(
         total=len(specs), initial=len(entries), unit="conv", disable=not progress, desc=f"synth {split}"
     )
     if workers > 1:
-        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(cache_dir), seed, split))
+        pool = multiprocessing.get_context("spawn").Pool(
+            workers, _init_worker, (str(cache_dir), seed, split, timing_seed)
+        )
         results = pool.imap_unordered(_render_one, todo)
     else:
         pool = None
-        _init_worker(str(cache_dir), seed, split)
+        _init_worker(str(cache_dir), seed, split, timing_seed)
         results = map(_render_one, todo)
     try:
         for entry, delta in results:

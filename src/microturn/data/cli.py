@@ -15,7 +15,14 @@ def _synth(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {args.minutes}")
     summary = synth_corpus(
-        args.out, args.minutes, args.seed, args.split, args.shape, args.cache, args.workers
+        args.out,
+        args.minutes,
+        args.seed,
+        args.split,
+        args.shape,
+        args.cache,
+        args.workers,
+        timing_seed=args.timing_seed,
     )
     print(json.dumps(summary))
     return 0
@@ -45,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--minutes", type=float, required=True, help="about this many minutes of conversation")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--split", choices=SPLITS, default="train")
+    synth.add_argument(
+        "--timing-seed",
+        type=int,
+        default=None,
+        help="new timing for the same chats and voices (default: --seed); reuses cached units",
+    )
     synth.add_argument(
         "--shape",
         choices=SHAPES,

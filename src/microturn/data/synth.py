@@ -172,10 +172,16 @@ class _Renderer:
     """Mutable state of one conversation being rendered (times in samples until the timeline is built)."""
 
     def __init__(
-        self, spec: ConversationSpec, config: SynthConfig, cache: TtsCache, rng: np.random.Generator
+        self,
+        spec: ConversationSpec,
+        config: SynthConfig,
+        cache: TtsCache,
+        rng: np.random.Generator,
+        voice_rng: np.random.Generator,
     ):
         self.spec, self.cfg, self.cache, self.rng = spec, config, cache, rng
-        self.user_voice = sample_user_voice(rng)
+        self.user_voice = sample_user_voice(voice_rng)
+        self.other_voice = sample_other_voice(voice_rng, self.user_voice)  # background talk
         self.user_gain = effects.db_to_gain(rng.uniform(-6.0, 0.0))
         self.utts: list[_Utt] = []
         self.events: list[Event] = []
@@ -370,11 +376,16 @@ def render(
     cache: TtsCache,
     seed: int,
     config: SynthConfig | None = None,
+    timing_seed: int | None = None,
 ) -> Conversation:
-    """Render one conversation; deterministic in (seed, spec.id) given the cached units."""
+    """Render one conversation; deterministic in (seed, timing_seed, spec.id) (the cache only saves time).
+
+    The voices come from `seed`; every other choice (timing, phenomena, levels) from `timing_seed`
+    (default: `seed`), so a new timing seed re-assembles the same talk from cached units with new timing.
+    """
     cfg = config or SynthConfig.for_shape(spec.shape)
-    rng = conversation_rng(seed, spec.id)
-    r = _Renderer(spec, cfg, cache, rng)
+    rng = conversation_rng(seed if timing_seed is None else timing_seed, spec.id)
+    r = _Renderer(spec, cfg, cache, rng, conversation_rng(seed, spec.id + "/voices"))
     turns = chats[spec.chat_key].turns[spec.first_turn : spec.first_turn + spec.n_turns]
     roles = ["user" if t.sender == spec.user_sender else "assistant" for t in turns]
     t = samples(rng.uniform(0.3, 1.5))
@@ -528,7 +539,7 @@ def _finish(r: _Renderer, spec: ConversationSpec, chats: dict[str, Chat], last_e
 
 def _background_speech(r: _Renderer, spec: ConversationSpec, chats: dict[str, Chat], n: int) -> None:
     """Another person talking nearby (a TV, a colleague): another voice, 14-24 dB quieter, muffled."""
-    voice = sample_other_voice(r.rng, r.user_voice)
+    voice = r.other_voice
     for _ in range(int(r.rng.integers(1, 3))):
         chat = chats[str(r.rng.choice(spec.other_keys))]
         text = " ".join(chat.turns[int(r.rng.integers(len(chat.turns)))].text.split()[:20])

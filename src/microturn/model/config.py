@@ -75,7 +75,9 @@ CONFIGS: dict[str, ModelConfig] = {
         flow_steps=4,
     ),
     # The CPU default: one micro-turn of one session within 10 ms on one core.
-    "small": ModelConfig(d_model=256, n_layers=6, n_heads=4, flow_dim=192, flow_layers=2, flow_steps=4),
+    "small": ModelConfig(
+        d_model=256, n_layers=4, n_heads=4, vocab_size=2048, flow_dim=192, flow_layers=1, flow_steps=4
+    ),
     # GPU sizes.
     "base": ModelConfig(
         d_model=768,

@@ -88,12 +88,13 @@ class FlowMelHead(nn.Module):
         self.norm = RMSNorm(fd)
         self.out = nn.Linear(fd, cfg.n_mels)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x [N, frames, n_mels], t [N], cond [N, d_model] -> predicted velocity like x."""
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond_features: torch.Tensor) -> torch.Tensor:
+        """x [N, frames, n_mels], t [N], cond_features = self.cond(hidden + text) [N, flow_dim]
+        -> predicted velocity like x."""
         h = (
             self.inp(x)
             + self.frame_pos
-            + (self.cond(cond) + self.time(sinusoid(t, self.frame_pos.shape[1])))[:, None]
+            + (cond_features + self.time(sinusoid(t, self.frame_pos.shape[1])))[:, None]
         )
         for block in self.blocks:
             h = block(h)
@@ -108,13 +109,13 @@ class FlowMelHead(nn.Module):
         tt = t[:, None, None]
         xt = (1 - (1 - self.sigma_min) * tt) * x0 + tt * target
         v_target = target - (1 - self.sigma_min) * x0
-        return F.mse_loss(self.velocity(xt, t, cond), v_target)
+        return F.mse_loss(self.velocity(xt, t, self.cond(cond)), v_target)
 
     def sample(self, noise: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """Euler integration from noise [N, frames, n_mels] at t=0 to t=1."""
         steps = steps or self.steps
-        x = noise
+        x, cond_features = noise, self.cond(cond)  # the condition is the same at every step
         for i in range(steps):
             t = torch.full((x.shape[0],), i / steps)
-            x = x + self.velocity(x, t, cond) / steps
+            x = x + self.velocity(x, t, cond_features) / steps
         return x

@@ -3,11 +3,8 @@
 Every figure is measured through `Engine.step_once` (input cutting, log-mel, the batched model step, the
 vocoder, the 24 kHz resampler, the per-session bookkeeping), with real speech as input (the example
 conversation, looped, each session at its own offset), so the model decides when to speak as it would live.
-- step_ms_p50 / step_ms_p99 / realtime_factor: one session, one thread.
-- max_realtime_sessions: the largest tried batch (1, 8, 16, 32, 64, 96, 128, ...) whose p99 step stays
-  within `budget_ms` (100 ms, half a micro-turn), with `threads` threads; the search stops at the first miss.
-- session_mb / step_drift: one session stepped (as fast as possible) for a simulated hour; the state a
-  session holds, and the median step of the last 10 minutes over the first 10 minutes'.
+Wall times are what a user gets; the stepping thread's CPU times are what other processes sharing the
+machine cannot inflate. The figures and keys are listed in docs/runtime.md ("bench").
 """
 
 from __future__ import annotations
@@ -162,19 +159,29 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     progress(f"single session: p50 {result['step_ms_p50']} ms, p99 {result['step_ms_p99']} ms")
 
     torch.set_num_threads(plan.threads)
-    capacity, p99s = 0, {}
+    # Wall time decides; CPU time (the stepping thread's) says what an otherwise idle machine would give,
+    # so the search goes on while either fits the budget.
+    fits = {"wall": 0, "cpu": 0}  # the largest batch up to which every tried batch fitted
+    failed: set[str] = set()
+    p99s = {}
     for n in plan.session_counts:
         engine, feeder = new_engine(models, n)
         run_steps(engine, feeder, 2, f"{n} sessions warm-up")
-        p99 = ms(run_steps(engine, feeder, plan.batch_steps, f"{n} sessions").wall_ms, 0.99)
-        p99s[str(n)] = round(p99, 2)
-        progress(
-            f"{n} sessions, {plan.threads} threads: p99 step {p99:.1f} ms (budget {plan.budget_ms:.0f} ms)"
-        )
-        if p99 > plan.budget_ms:
+        batch = run_steps(engine, feeder, plan.batch_steps, f"{n} sessions")
+        p99 = {"wall": ms(batch.wall_ms, 0.99), "cpu": ms(batch.cpu_ms, 0.99)}
+        p99s[str(n)] = p99
+        progress(f"{n} sessions, {plan.threads} threads: p99 step {p99['wall']} ms wall, {p99['cpu']} ms CPU")
+        for kind in fits:
+            if kind in failed:
+                continue
+            if p99[kind] <= plan.budget_ms:
+                fits[kind] = n
+            else:
+                failed.add(kind)
+        if len(failed) == len(fits):
             break
-        capacity = n
-    result["max_realtime_sessions"] = capacity
+    result["max_realtime_sessions"] = fits["wall"]
+    result["max_realtime_sessions_cpu"] = fits["cpu"]
     result["batch_p99_ms"] = p99s
 
     n = plan.batch_invariant_sessions

@@ -19,11 +19,12 @@ batched default guarantees and what the mode costs.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,9 +50,6 @@ class EngineConfig:
     threads: int = 1  # torch intra-op threads of the engine thread
     video_interval_ms: int = 1000  # at most one video frame per this many ms per session
     step_history: int = 3000  # step times kept for statistics
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -121,7 +119,7 @@ class Engine:
         if cfg.frames * audio.HOP != self.chunk_samples:
             raise ValueError(f"model micro-turn {cfg.micro_turn_ms} ms is not a whole number of mel frames")
         self.upsampler = StreamingResampler(audio.SAMPLE_RATE, OUTPUT_RATE)
-        self.quiet_turns_needed, self.silence_16k = self._vocoder_silence()
+        self.quiet_turns_needed, self.silence_16k, self.silence_24k = self._silence()
         self.sessions: list[Session] = []
         self.state: BatchState | None = None
         self.stats = EngineStats(
@@ -132,6 +130,7 @@ class Engine:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self.error: Exception | None = None  # what stopped the real-time thread, if anything
 
     # ---- sessions ----
     def open_session(
@@ -164,19 +163,21 @@ class Engine:
             elif session in self.sessions:
                 self._leaving.add(session)
 
-    def _vocoder_silence(self) -> tuple[int, torch.Tensor]:
-        """After this many silent micro-turns a session's vocoder state is the silence fixed point (every
+    def _silence(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """After `needed` silent micro-turns a session's vocoder state is the silence fixed point (every
         conv context and the overlap-add tail hold silence only), and each further silent micro-turn gives
-        exactly `silence_16k`: the step skips the vocoder for such sessions."""
+        exactly `silence_16k` (and, one micro-turn later, `silence_24k` from the resampler): the step skips
+        the vocoder, then the resampler, for such sessions."""
         c = self.vocoder.config
         frames = self.model.cfg.frames
         needed = -(-(c.receptive_field + c.n_fft // c.hop) // frames) + 1
         silent = torch.full((1, frames, self.model.cfg.n_mels), SILENT_LOG_MEL)
-        state = self.vocoder.new_state(1)
+        vocoder, resampler = self.vocoder.new_state(1), self.upsampler.new_state(1)
         with torch.inference_mode():
-            for _ in range(needed + 1):
-                wave, state = self.vocoder.synthesize(silent, state)
-        return needed, wave[0]
+            for _ in range(needed + 2):
+                wave_16k, vocoder = self.vocoder.synthesize(silent, vocoder)
+                wave_24k, resampler = self.upsampler.process(resampler, wave_16k)
+        return needed, wave_16k[0], wave_24k[0]
 
     def _fresh_state(self, sessions: list[Session]) -> BatchState:
         n = len(sessions)
@@ -230,34 +231,40 @@ class Engine:
             speaking_override=torch.tensor([i.speaking_override for i in inputs]),
         )
         out = self.model.step(state.model, step_inputs)
-        wave_16k = self._vocode(state, out)
-        wave_24k, resampler = self.upsampler.process(state.resampler, wave_16k)
-        state.resampler.history.copy_(resampler.history)
-        state.resampler.consumed, state.resampler.emitted = resampler.consumed, resampler.emitted
+        quiet = state.quiet_turns.clone()  # silent micro-turns before this one
+        state.quiet_turns.copy_(torch.where(out.speaking, 0, quiet + 1))
+        speaking, needed = out.speaking, self.quiet_turns_needed
+        wave_16k = self._vocode(state, out.mel, (speaking | (quiet < needed)).nonzero()[:, 0])
+        wave_24k = self._upsample(state, wave_16k, (speaking | (quiet < needed + 1)).nonzero()[:, 0])
         return out, wave_16k, wave_24k
 
-    def _vocode(self, state: BatchState, out: StepOutput) -> torch.Tensor:
-        """16 kHz audio for the step's mel frames; sessions silent long enough skip the vocoder."""
-        quiet = state.quiet_turns
-        run = (out.speaking | (quiet < self.quiet_turns_needed)).nonzero()[:, 0]
-        state.quiet_turns.copy_(torch.where(out.speaking, 0, quiet + 1))
-        wave = self.silence_16k.expand(len(quiet), -1).clone()
-        if len(run) == 0:
+    def _vocode(self, state: BatchState, mel: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """16 kHz audio for the step's mel frames, running the vocoder for `rows` only (the others are at
+        the silence fixed point)."""
+        wave = self.silence_16k.expand(len(mel), -1).clone()
+        if len(rows) == 0:
             return wave
-        voc = state.vocoder
-        every = len(run) == len(quiet)
-        part = voc if every else VocoderState([c[run] for c in voc.conv_inputs], voc.ola_tail[run])
-        samples, new = self.vocoder.synthesize(out.mel if every else out.mel[run], part)
-        for old, fresh in zip(
-            [*voc.conv_inputs, voc.ola_tail], [*new.conv_inputs, new.ola_tail], strict=True
-        ):
-            if every:
-                old.copy_(fresh)
-            else:
-                old[run] = fresh
+        voc, every = state.vocoder, len(rows) == len(mel)
+        part = voc if every else VocoderState([c[rows] for c in voc.conv_inputs], voc.ola_tail[rows])
+        samples, new = self.vocoder.synthesize(mel if every else mel[rows], part)
+        _write_rows([*voc.conv_inputs, voc.ola_tail], [*new.conv_inputs, new.ola_tail], rows, every)
         if every:
             return samples
-        wave[run] = samples
+        wave[rows] = samples
+        return wave
+
+    def _upsample(self, state: BatchState, wave_16k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """24 kHz audio, running the resampler for `rows` only (the others are in steady silence)."""
+        wave = self.silence_24k.expand(len(wave_16k), -1).clone()
+        res, every = state.resampler, len(rows) == len(wave_16k)
+        if len(rows):
+            part = res if every else ResamplerState(res.history[rows], res.consumed, res.emitted)
+            samples, new = self.upsampler.process(part, wave_16k if every else wave_16k[rows])
+            _write_rows([res.history], [new.history], rows, every)
+            wave = samples if every else wave.index_copy_(0, rows, samples)
+        # every stream advances together, whether it ran or was in steady silence
+        res.consumed += wave_16k.shape[1]
+        res.emitted += wave.shape[1]
         return wave
 
     @torch.inference_mode()
@@ -271,7 +278,7 @@ class Engine:
         inputs = [s.take_inputs() for s in sessions]
         if self.config.batch_invariant:
             results = [self._step_rows(state.row(r), [inputs[r]]) for r in range(len(sessions))]
-            state.resampler.consumed += self.chunk_samples
+            state.resampler.consumed += self.chunk_samples  # the row views advanced their own copies
             state.resampler.emitted += self.chunk_samples * OUTPUT_RATE // audio.SAMPLE_RATE
             out = _cat_outputs([o for o, _, _ in results])
             wave_16k = torch.cat([w for _, w, _ in results])
@@ -300,24 +307,39 @@ class Engine:
         self.stats.batch.append(len(sessions))
         for session, output in outputs.items():
             if session.on_output is not None and not session.closed:
-                session.on_output(output)
+                try:
+                    session.on_output(output)
+                except Exception as exc:  # one client's failure must not stop every other session
+                    print(
+                        f"microturn engine: session {session.id}'s callback failed ({exc!r}); closing it",
+                        file=sys.stderr,
+                    )
+                    self.close_session(session)
         return outputs
 
     # ---- real time ----
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         """Run micro-turns on a thread, one every 200 ms of monotonic time, until `stop()`."""
         if self._thread is not None:
             raise RuntimeError("engine already started")
         self._stop.clear()
+        self.error = None
         self._thread = threading.Thread(target=self._run, name="microturn-engine", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread; re-raises the error that stopped it, if one did."""
         if self._thread is None:
             return
         self._stop.set()
         self._thread.join()
         self._thread = None
+        if self.error is not None:
+            raise RuntimeError(f"the engine thread stopped on an error: {self.error!r}") from self.error
 
     def _run(self) -> None:
         torch.set_num_threads(self.config.threads)
@@ -326,7 +348,11 @@ class Engine:
             wait = deadline - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 break
-            self.step_once()
+            try:
+                self.step_once()
+            except Exception as exc:  # kept for stop() to raise; `running` turns False
+                self.error = exc
+                return
             deadline += self.turn_s
             late = time.monotonic() - deadline
             if late > 0:  # overran the next deadline: skip the deadlines already missed
@@ -334,6 +360,17 @@ class Engine:
                 self.stats.overruns += 1
                 self.stats.skipped += missed
                 deadline += missed * self.turn_s
+
+
+def _write_rows(
+    targets: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor, every: bool
+) -> None:
+    """State update in place: all rows, or the `rows` that were computed."""
+    for target, value in zip(targets, values, strict=True):
+        if every:
+            target.copy_(value)
+        else:
+            target[rows] = value
 
 
 def _cat_outputs(outputs: list[StepOutput]) -> StepOutput:

@@ -9,12 +9,12 @@ Rules (docs/runtime.md says the same):
 - The backlog is bounded: when more than `max_backlog` samples wait beyond the chunk being cut (a burst of
   late packets, or a client sending faster than real time), the oldest excess is dropped, so input latency
   never grows past `max_backlog`. The clock never goes back and never waits.
-- Text streams (typed text, background-model text) are token queues read one token per micro-turn.
+- Text streams (typed text, background-model text) are `model.queues.TokenQueue`s, read one token per
+  micro-turn (see session.py).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,22 +100,3 @@ class AudioInput:
             return Chunk(head, gap=False)
         self.gap_samples += self.chunk_samples - n
         return Chunk(np.concatenate([head, np.zeros(self.chunk_samples - n, dtype=np.float32)]), gap=True)
-
-
-class TokenQueue:
-    """A text stream: tokens wait their turn and enter the model one per micro-turn."""
-
-    def __init__(self) -> None:
-        self.tokens: deque[int] = deque()
-
-    def extend(self, token_ids: list[int]) -> None:
-        self.tokens.extend(token_ids)
-
-    def pop(self) -> int:
-        return self.tokens.popleft() if self.tokens else NO_TOKEN
-
-    def clear(self) -> None:
-        self.tokens.clear()
-
-    def __len__(self) -> int:
-        return len(self.tokens)

@@ -45,6 +45,8 @@ from microturn.server.security import Limits, RateLimiter
 log = logging.getLogger("microturn.server")
 
 SPEAKING_FLOORS = ("speaking", "backchannel")
+# Content part types accepted in conversation.item.create (GA and beta names).
+CONTENT_TYPES = ("input_text", "input_audio", "input_image", "output_text", "output_audio", "text", "audio")
 
 
 @dataclass
@@ -249,15 +251,19 @@ class RealtimeConnection:
                 raise ProtocolError(
                     "invalid_value", "a message item needs a non-empty content list", "item.content"
                 )
+            # Everything is checked before anything reaches the model.
             texts = [self._content_text(c) for c in content]
-            if (
-                role != "assistant"
-            ):  # what the user typed (or the system says) streams into the typed-text input
-                for part, text in zip(content, texts, strict=True):
+            audios = [
+                self._decode_input_audio(c.get("audio"), "item.content.audio")
+                if c.get("type") == "input_audio" and role != "assistant"
+                else None
+                for c in content
+            ]
+            if role != "assistant":  # what the user typed (or the system says) goes into the typed-text input
+                for text, audio in zip(texts, audios, strict=True):
                     if text:
                         self.session.push_text(text)
-                    elif part.get("type") == "input_audio":
-                        audio = self._decode_input_audio(part.get("audio"), "item.content.audio")
+                    if audio is not None and len(audio):
                         self.session.push_audio(audio, self.config.input_format.rate)
             record = {
                 "type": "message",
@@ -291,15 +297,7 @@ class RealtimeConnection:
 
     def _content_text(self, part: dict) -> str:
         ptype = part.get("type")
-        if ptype not in (
-            "input_text",
-            "input_audio",
-            "text",
-            "output_text",
-            "input_image",
-            "audio",
-            "output_audio",
-        ):
+        if ptype not in CONTENT_TYPES:
             raise ProtocolError(
                 "invalid_value", f"unsupported content type {str(ptype)[:50]!r}", "item.content"
             )
@@ -337,7 +335,7 @@ class RealtimeConnection:
             self.session.cancel_speech()
             self._finish_response("cancelled", "client_cancelled", truncate_ms=float(data["audio_end_ms"]))
             return
-        self._truncate_item(data["item_id"], float(data["audio_end_ms"]))
+        self._truncate_item(self.spoken[data["item_id"]], float(data["audio_end_ms"]))
 
     def _on_response_create(self, data: dict) -> None:
         response = data.get("response") or {}
@@ -418,9 +416,9 @@ class RealtimeConnection:
             }
         )
 
-    def _truncate_item(self, item_id: str, audio_end_ms: float) -> None:
+    def _truncate_item(self, spoken: ResponseState, audio_end_ms: float) -> None:
         """Keep only what was heard: audio up to audio_end_ms and the words that started before it."""
-        spoken = self.spoken[item_id]
+        item_id = spoken.item_id
         audio_end_ms = min(audio_end_ms, spoken.audio_sent_ms)  # an estimate past the end means: all of it
         spoken.audio_sent_ms = audio_end_ms
         spoken.words = [(w, start) for w, start in spoken.words if start < audio_end_ms]
@@ -561,7 +559,7 @@ class RealtimeConnection:
         if response is None:
             return
         if truncate_ms is not None:
-            self._truncate_item(response.item_id, truncate_ms)
+            self._truncate_item(response, truncate_ms)
         transcript = response.transcript
         where = {
             "response_id": response.id,

@@ -258,11 +258,17 @@ class CropSampler:
         length = int(np.random.default_rng([self.seed, step]).integers(plan.min_turns, plan.max_turns + 1))
         rng = np.random.default_rng([self.seed, step, self.rank, 1])
         samples = []
-        for _ in range(plan.batch_size):
+        while len(samples) < plan.batch_size:
             conv = int(rng.choice(len(self.weights), p=self.weights))
             speed = int(rng.choice(len(SPEEDS), p=SPEED_WEIGHTS))
             start = int(rng.integers(0, max(self.renderer.n_turns(conv, speed) - length, 0) + 1))
-            samples.append(self.renderer.render(conv, speed, start, length, rng))
+            try:
+                samples.append(self.renderer.render(conv, speed, start, length, rng))
+            except (audio.AudioError, FileNotFoundError) as exc:  # e.g. a folder being re-rendered
+                if len(self.weights) == 1:
+                    raise
+                print(f"skipping a conversation from now on: {exc}", flush=True)
+                self.set_conversations([c for i, c in enumerate(self.renderer.conversations) if i != conv])
         return collate(samples)
 
 
