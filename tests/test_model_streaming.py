@@ -191,6 +191,7 @@ def test_force_silence_override():
         ),
     )
     assert out.speaking.tolist() == [False, True]
+    assert (out.text[0] == 0).all()  # a silenced session says no words
     assert torch.all(out.mel[0] < audio.LOG_MEL_MIN)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.signal import butter, lfilter, sosfilt
+from scipy import fft
+from scipy.signal import butter, oaconvolve, sosfilt
 
 from microturn.audio import SAMPLE_RATE
 
@@ -30,7 +31,7 @@ def echo(assistant: np.ndarray, delay_s: float, level_db: float, rng: np.random.
     for _ in range(6):  # sparse reflections decaying over 60 ms
         i = int(rng.integers(40, len(taps)))
         taps[i] += float(rng.uniform(0.1, 0.4)) * np.exp(-i / (0.02 * SAMPLE_RATE))
-    wet = lfilter(taps, [1.0], band)
+    wet = oaconvolve(band, taps)[: len(band)]
     delay = int(delay_s * SAMPLE_RATE)
     out = np.zeros_like(assistant, dtype=np.float32)
     out[delay:] = wet[: len(out) - delay] * db_to_gain(level_db)
@@ -43,11 +44,12 @@ def noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
     if colour == "white":
         shaped = white
     else:
-        spectrum = np.fft.rfft(white)
-        f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+        size = fft.next_fast_len(n, real=True)  # a conversation's length can have large prime factors
+        spectrum = fft.rfft(white, size)
+        f = fft.rfftfreq(size, 1 / SAMPLE_RATE)
         f[0] = f[1]
         spectrum /= np.sqrt(f) if colour == "pink" else f
-        shaped = np.fft.irfft(spectrum, n)
+        shaped = fft.irfft(spectrum, size)[:n]
     return (shaped / (np.sqrt((shaped**2).mean()) + 1e-12)).astype(np.float32)
 
 

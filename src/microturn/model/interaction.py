@@ -268,7 +268,11 @@ class InteractionModel(nn.Module):
                 speaking = torch.where(
                     inputs.speaking_override >= 0, inputs.speaking_override.bool(), speaking
                 )
-            text = self.text_head.greedy(hidden, BOS, PAD)
+            # words are only said while speaking (a forced silence says nothing); silent rows skip the decoder
+            text = torch.full((b, cfg.text_slots), PAD, dtype=torch.long)
+            if bool(speaking.any()):
+                rows = speaking.nonzero()[:, 0]
+                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD)
 
         mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
         if teacher is not None:
