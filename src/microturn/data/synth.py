@@ -343,14 +343,15 @@ class _Renderer:
 
     def truncate(self, utt: _Utt, cut: int) -> None:
         """The speaker stops at `cut`: later words vanish, a word spanning it is cut (with a 10 ms fade)."""
-        kept = [w for w in utt.words if w.start < cut]
+        min_part = samples(0.06)  # less than 60 ms of a word is no word: it is dropped with its audio
+        kept = [w for w in utt.words if w.start < cut and not (w.end > cut and cut - w.start < min_part)]
         if kept and kept[-1].end > cut:
             kept[-1].end, kept[-1].truncated = cut, True
         utt.words, utt.truncated = kept, True
         fade = samples(0.01)
         track = []
         for start, audio, owner in self.tracks[utt.speaker]:
-            if owner is utt and start >= cut:
+            if owner is utt and (start >= cut or (cut < start + len(audio) and cut - start < min_part)):
                 continue
             if owner is utt and cut < start + len(audio):
                 audio = audio[: cut - start].copy()

@@ -5,7 +5,10 @@ placed where a live listener would have heard it at the earliest (a playout queu
     step t can start at      ready_t  = max((t + 1) * T, done_{t-1})   (its input is complete at (t+1) T)
     it is done at            done_t   = ready_t + compute_t
     its audio plays from     play_t   = max(play_{t-1} + T, done_t)
-so slow steps delay the output (and it never overlaps itself) exactly as they would live. The output has
+so slow steps delay the output (and it never overlaps itself) exactly as they would live. A step whose
+floor is "yielding" clears the audio still queued after its done time, as a live client clears its playback
+buffer when the system yields (otherwise a backlog from earlier slow steps would keep talking over the
+user after the system had stopped). The output has
 the input's length, sample 0 aligned with the input's sample 0; audio placed past the end is cut.
 """
 
@@ -84,7 +87,11 @@ def run_stream(
                 f"{type(system).__name__}.step returned {audio.shape} samples, expected ({hop},)"
             )
         done = max((t + 1) * turn_s, done) + compute
-        start = max(play_end, math.ceil(done * SAMPLE_RATE))
+        done_sample = math.ceil(done * SAMPLE_RATE)
+        if result.floor == "yielding" and play_end > done_sample:
+            output[done_sample:play_end] = 0.0
+            play_end = done_sample
+        start = max(play_end, done_sample)
         if start < n:
             output[start : start + hop] = audio[: n - start]
         play_end = start + hop

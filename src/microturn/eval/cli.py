@@ -1,0 +1,84 @@
+"""Evaluation commands: `eval fdbench` (Full-Duplex-Bench v1 and v1.5 folders, the model and the harness
+baseline side by side) and `eval export-overlap` (v1.5 scenarios from held-out conversations)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+SYSTEMS = ("model", "harness")
+
+
+def _model_factory(args: argparse.Namespace):
+    import torch
+
+    from microturn.runtime.checkpoint import load_runtime
+    from microturn.runtime.engine import EngineConfig
+    from microturn.runtime.model_system import ModelSystem
+
+    torch.set_num_threads(1)  # the real-time budget is one core per engine, as live
+    models = load_runtime(args.checkpoint)
+    return lambda: ModelSystem(models.model, models.tokenizer, models.vocoder, EngineConfig(), seed=args.seed)
+
+
+def _harness_factory(args: argparse.Namespace):
+    from microturn.eval.harness import CascadeHarness
+
+    harness = CascadeHarness()  # loads Whisper, piper and the VAD once; reset() starts each sample afresh
+    return lambda: harness
+
+
+def cmd_fdbench(args: argparse.Namespace) -> int:
+    from microturn.eval.report import write_report
+    from microturn.eval.runner import run_fdbench
+    from microturn.runtime.stream_loop import stream_output
+
+    systems = list(SYSTEMS) if args.system == "both" else [args.system]
+    factories = {"model": _model_factory, "harness": _harness_factory}
+    out = Path(args.out)
+    runs = []
+    for name in systems:
+        factory = factories[name](args)
+        run = run_fdbench(
+            args.dir, factory, stream_output, out, args.background, system_name=name, task=args.task
+        )
+        runs.append(run)
+        print(f"{name} ({args.background} background): " + json.dumps(run.metrics))
+    report = write_report(out, runs)
+    if args.json:  # the same flat metrics that write_report put beside the report
+        shutil.copyfile(report.parent / "metrics.json", args.json)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_export_overlap(args: argparse.Namespace) -> int:
+    from microturn.eval.overlap import export_overlap
+
+    n = export_overlap(args.source, args.out, args.n, seed=args.seed)
+    print(f"wrote {n} v1.5 overlap samples to {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="benchmarks: Full-Duplex-Bench v1/v1.5")
+    sub = parser.add_subparsers(dest="eval_command", required=True)
+
+    fdb = sub.add_parser("fdbench", help="run a system over Full-Duplex-Bench sample folders and score it")
+    fdb.add_argument("dir", help="folder of sample folders (input.wav + the task's annotation JSON)")
+    fdb.add_argument("--system", choices=[*SYSTEMS, "both"], default="both")
+    fdb.add_argument("--checkpoint", default=None, help="model checkpoint folder (default: the embedded one)")
+    fdb.add_argument("--background", default="oracle", help="oracle (embedded and URL: not available yet)")
+    fdb.add_argument("--task", default=None, help="only accept folders of this task")
+    fdb.add_argument("--out", default="out/fdbench", help="where outputs, report.md and plots go")
+    fdb.add_argument("--json", default=None, help="also write the flat metrics here")
+    fdb.add_argument("--seed", type=int, default=0)
+    fdb.set_defaults(func=cmd_fdbench)
+
+    ov = sub.add_parser("export-overlap", help="v1.5 overlap scenario folders from held-out talks")
+    ov.add_argument("--from", dest="source", required=True, help="a corpus folder (valid/test split)")
+    ov.add_argument("--out", required=True)
+    ov.add_argument("--n", type=int, default=25, help="samples per scenario")
+    ov.add_argument("--seed", type=int, default=0)
+    ov.set_defaults(func=cmd_export_overlap)
