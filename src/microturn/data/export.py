@@ -155,7 +155,8 @@ def _samples(conv: Conversation, task: str) -> list[Sample]:
             k_int = next(
                 i
                 for i, v in enumerate(conv.utterances)
-                if v.kind == "turn" and v.speaker == "user" and abs(v.start - interruption.start) < 1e-4
+                # the interrupting turn (it may open with a filler, which starts the event)
+                if v.kind == "turn" and v.speaker == "user" and v.start >= interruption.start - 1e-4
             )
             follow = _next_turn(conv, k_int, "assistant")
             if _user_channel_clear(conv, start, interruption.end, {k, k_int}):

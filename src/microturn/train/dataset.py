@@ -14,6 +14,7 @@ the in token that receives it (the shared queue rule of `model.queues`).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ SPEED_WEIGHTS = (0.7, 0.15, 0.15)
 MIN_WORD_OVERLAP_S = 0.005  # a word makes a window active from half a mel frame on: no onset is cut
 DEFAULT_AUGMENT = AugmentConfig()
 GAP_RATE = 0.01  # micro-turns whose input is replaced by a runtime-style gap (silence + gap marker)
+MAX_MISSING_DRAWS = 120  # consecutive crops whose audio vanished (about 2 minutes) before giving up
 
 
 @dataclass
@@ -62,7 +64,11 @@ def read_conversations(
             continue
         if not is_complete(folder):
             continue
-        conv = load_conversation(folder)
+        try:
+            conv = load_conversation(folder)
+        except (audio.AudioError, FileNotFoundError) as exc:  # vanished since the manifest was written
+            print(f"skipping {folder} ({exc})", flush=True)
+            continue
         kinds = [u.kind for u in conv.utterances]
         words = [
             (
@@ -257,18 +263,20 @@ class CropSampler:
         plan = self.plan
         length = int(np.random.default_rng([self.seed, step]).integers(plan.min_turns, plan.max_turns + 1))
         rng = np.random.default_rng([self.seed, step, self.rank, 1])
-        samples = []
+        samples, failures = [], 0
         while len(samples) < plan.batch_size:
             conv = int(rng.choice(len(self.weights), p=self.weights))
             speed = int(rng.choice(len(SPEEDS), p=SPEED_WEIGHTS))
             start = int(rng.integers(0, max(self.renderer.n_turns(conv, speed) - length, 0) + 1))
             try:
                 samples.append(self.renderer.render(conv, speed, start, length, rng))
-            except (audio.AudioError, FileNotFoundError) as exc:  # e.g. a folder being re-rendered
-                if len(self.weights) == 1:
+                failures = 0
+            except (audio.AudioError, FileNotFoundError) as exc:  # a folder being re-rendered: draw again
+                failures += 1
+                if failures > MAX_MISSING_DRAWS:
                     raise
-                print(f"skipping a conversation from now on: {exc}", flush=True)
-                self.set_conversations([c for i, c in enumerate(self.renderer.conversations) if i != conv])
+                print(f"skipping a crop ({exc})", flush=True)
+                time.sleep(1.0)
         return collate(samples)
 
 
