@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/microturn demo
+	$(BIN)/microturn serve
 
 test: setup
 	$(BIN)/ruff check src tests
