@@ -51,12 +51,14 @@ def mel_filterbank(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = 
         up = (freqs - lo) / (mid - lo)
         down = (hi - freqs) / (hi - mid)
         fb[:, i] = np.maximum(0.0, np.minimum(up, down)) * (2.0 / (hi - lo))
-    return torch.from_numpy(fb)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd whoever calls first
+        return torch.from_numpy(fb)
 
 
 @lru_cache(maxsize=1)
 def _window() -> torch.Tensor:
-    return torch.hann_window(WIN)
+    with torch.inference_mode(False):
+        return torch.hann_window(WIN)
 
 
 def log_mel(wave: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
