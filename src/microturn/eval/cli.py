@@ -82,3 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ov.add_argument("--n", type=int, default=25, help="samples per scenario")
     ov.add_argument("--seed", type=int, default=0)
     ov.set_defaults(func=cmd_export_overlap)
+
+    from microturn.background.cli import add_parser as add_background_parser
+
+    add_background_parser(sub)

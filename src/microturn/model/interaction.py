@@ -23,7 +23,16 @@ from torch import nn
 from .. import audio
 from .config import FLOOR_STATES, ModelConfig
 from .heads import FlowMelHead, SlotTextDecoder
-from .layers import Block, DMelBag, ElapsedTime, RMSNorm, VideoStem, rope_tables, sliding_causal_mask
+from .layers import (
+    Block,
+    DMelBag,
+    ElapsedTime,
+    RMSNorm,
+    VideoStem,
+    ring_mask_bias,
+    rope_tables,
+    sliding_causal_mask,
+)
 from .streaming import StepInputs, StepOutput, StreamState
 from .tokenizer import BOS, PAD
 
@@ -217,9 +226,10 @@ class InteractionModel(nn.Module):
         slots = positions % self.cfg.window
         state.slot_pos[rows, slots] = positions
         rope = rope_tables(positions[:, None], self.cfg.head_dim, self.cfg.rope_base)
+        mask_bias = ring_mask_bias(state.slot_pos)  # shared by every layer
         h = x[:, None]
         for block, k, v in zip(self.blocks, state.keys, state.values, strict=True):
-            h = block.step(h, rope, slots, k, v, state.slot_pos)
+            h = block.step(h, rope, slots, k, v, mask_bias)
         return self.norm(h[:, 0])
 
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:

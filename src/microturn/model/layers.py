@@ -78,20 +78,33 @@ class Attention(nn.Module):
         slots: torch.Tensor,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
-        slot_pos: torch.Tensor,
+        mask_bias: torch.Tensor,
     ) -> torch.Tensor:
         """x [B, 1, d], one token per session, rope [B, 1, 1, hd/2] at its position, `slots` [B] its ring
-        slot (position % window). Writes the token's key/value into its ring
-        slot (cache_* [B, H, W, hd], updated in place) and attends over every filled slot; `slot_pos` [B, W]
-        (already updated for this token) is -1 for empty slots."""
+        slot (position % window). Writes the token's key/value into its ring slot (cache_* [B, H, W, hd],
+        updated in place) and attends over the first F ring slots, F = mask_bias.shape[-1] (the ring fills
+        slots in order, so F < W while every session is younger than the window); `mask_bias` [B, 1, 1, F]
+        is 0 for filled slots and -inf for empty ones (`ring_mask_bias`)."""
         b = x.shape[0]
         q, k, v = self._qkv(x, rope)  # [B, H, 1, hd]
         rows = torch.arange(b)
         cache_k[rows, :, slots] = k[:, :, 0]
         cache_v[rows, :, slots] = v[:, :, 0]
-        mask = (slot_pos >= 0)[:, None, None, :]  # the ring only ever holds the last `window` tokens
-        y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask)
+        filled = mask_bias.shape[-1]
+        # Two batched matmuls over strided views of the ring: reading the ring is the cost (memory-bound at
+        # large batches), and this reads it once per product, with no copy and no per-session loop.
+        scores = (q * self.head_dim**-0.5) @ cache_k[:, :, :filled].transpose(-1, -2) + mask_bias
+        y = scores.softmax(-1) @ cache_v[:, :, :filled]
         return self.proj(y.transpose(1, 2).reshape(b, 1, -1))
+
+
+def ring_mask_bias(slot_pos: torch.Tensor) -> torch.Tensor:
+    """slot_pos [B, W] (-1 = empty) -> additive attention bias [B, 1, 1, F] over the first F slots, where F
+    is one past the last filled slot of any session (every slot from F on is empty in every row)."""
+    filled = slot_pos >= 0
+    width = int(filled.any(0).nonzero().max()) + 1
+    bias = torch.zeros(filled.shape[0], 1, 1, width, device=slot_pos.device)
+    return bias.masked_fill_(~filled[:, None, None, :width], float("-inf"))
 
 
 class MLP(nn.Module):
@@ -135,9 +148,9 @@ class Block(nn.Module):
         slots: torch.Tensor,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
-        slot_pos: torch.Tensor,
+        mask_bias: torch.Tensor,
     ) -> torch.Tensor:
-        x = x + self.attn.step(self.norm1(x), rope, slots, cache_k, cache_v, slot_pos)
+        x = x + self.attn.step(self.norm1(x), rope, slots, cache_k, cache_v, mask_bias)
         return x + self.mlp(self.norm2(x))
 
 

@@ -19,6 +19,7 @@ batched default guarantees and what the mode costs.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -47,7 +48,13 @@ class EngineConfig:
     max_sessions: int = 256
     input_backlog_ms: int = 400  # input latency bound: older backlog is dropped (see runtime/input.py)
     batch_invariant: bool = False  # step each session alone: bitwise independent of the batch, slower
-    threads: int = 1  # torch intra-op threads of the engine thread
+    threads: int = 1  # torch intra-op threads of the stepping thread for batches below `large_batch`
+    large_batch: int = 32  # from this many live sessions the step uses `large_batch_threads`
+    # (capped at the CPU count). A large batch is bound by reading the KV rings and by its matmuls, which
+    # split over cores: on an otherwise idle 2-core machine 2 threads took 64 sessions from 78 to 54 ms
+    # (p99). Off (1) by default: when other processes hold the cores, 2 threads stalled for seconds per
+    # step (BENCHMARKS_runtime.md); set 2 on a machine dedicated to the engine.
+    large_batch_threads: int = 1
     video_interval_ms: int = 1000  # at most one video frame per this many ms per session
     step_history: int = 3000  # step times kept for statistics
 
@@ -275,6 +282,7 @@ class Engine:
         if not self.sessions:
             return {}
         state, sessions = self.state, self.sessions
+        self._use_threads(len(sessions))
         inputs = [s.take_inputs() for s in sessions]
         if self.config.batch_invariant:
             results = [self._step_rows(state.row(r), [inputs[r]]) for r in range(len(sessions))]
@@ -317,6 +325,15 @@ class Engine:
                     self.close_session(session)
         return outputs
 
+    def _use_threads(self, batch: int) -> None:
+        """Torch intra-op threads for a batch of this size (set on the stepping thread, only on a change)."""
+        config = self.config
+        threads = config.threads
+        if batch >= config.large_batch and not config.batch_invariant:
+            threads = max(threads, min(config.large_batch_threads, os.cpu_count() or 1))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
     # ---- real time ----
     @property
     def running(self) -> bool:
@@ -342,7 +359,6 @@ class Engine:
             raise RuntimeError(f"the engine thread stopped on an error: {self.error!r}") from self.error
 
     def _run(self) -> None:
-        torch.set_num_threads(self.config.threads)
         deadline = time.monotonic() + self.turn_s
         while not self._stop.is_set():
             wait = deadline - time.monotonic()

@@ -135,6 +135,9 @@ class Session:
         self._force_speech = 0  # micro-turns of forced speech left (request_speech)
         self._hold_silence = False  # cancel_speech: silent until the model itself stops wanting to speak
         self._was_speaking = False
+        # Called (engine thread, under the lock: keep it cheap) with (micro-turn, 16 kHz chunk) for every
+        # chunk the model hears; the background model's conversation record keeps the user's audio this way.
+        self.input_tap: Callable[[int, np.ndarray], None] | None = None
         self._lock = threading.Lock()
 
     # ---- client side ----
@@ -197,6 +200,8 @@ class Session:
     def take_inputs(self) -> TurnInputs:
         with self._lock:
             chunk = self.audio.next_chunk()
+            if self.input_tap is not None:
+                self.input_tap(self.turn, chunk.samples)
             override = -1
             if self._force_speech:
                 override, self._force_speech = 1, self._force_speech - 1

@@ -18,6 +18,7 @@ def load_engine(checkpoint: str | Path | None, config, int8: bool = False):
 def serve(args: argparse.Namespace) -> int:
     import torch
 
+    from microturn.background.backends import EmbeddedBackend, backend_from_spec
     from microturn.runtime.engine import EngineConfig
     from microturn.server.app import ServerConfig, create_app, serve_in_thread
     from microturn.server.security import Limits, resolve_api_key
@@ -34,7 +35,12 @@ def serve(args: argparse.Namespace) -> int:
         allowed_origins=tuple(args.allow_origin),
         limits=Limits(max_session_s=args.max_session_s),
     )
-    running = serve_in_thread(create_app(engine, config), args.host, args.port, config.limits.max_event_bytes)
+    background = backend_from_spec(args.background)
+    if isinstance(background, EmbeddedBackend):
+        background.load()  # once, before any client waits on it
+    app = create_app(engine, config)
+    app.state.background_backend = background  # each connection runs a background worker on it
+    running = serve_in_thread(app, args.host, args.port, config.limits.max_event_bytes)
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"microturn: open http://{shown_host}:{running.port}/ in a browser", flush=True)
     try:
@@ -75,4 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-sessions", type=int, default=64, help="concurrent sessions the engine accepts")
     p.add_argument("--max-session-s", type=float, default=3600.0, help="longest session in seconds")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the engine")
+    p.add_argument(
+        "--background",
+        default="off",
+        metavar="embedded|off|URL",
+        help="background model: embedded SmolLM2, off (default), or an OpenAI-compatible base URL[#model]",
+    )
     p.set_defaults(func=serve)

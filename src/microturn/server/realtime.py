@@ -10,6 +10,11 @@ the protocol's turn-based events:
   have heard (conversation.item.truncated) and ends it as cancelled (reason turn_detected);
 - the model's perception of the user (user_speaking) gives input_audio_buffer.speech_started / stopped.
 All server events leave through one queue and one writer task, in order.
+
+With a background model (the app's `state.background_backend`, set by `microturn serve --background`), each
+connection runs a `BackgroundWorker` beside its session: its answers enter the session's background-text
+input, its progress goes out as `microturn.background` events, and the tools a client declares in
+`session.update` are offered to it (client-side function calling, see docs/background.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from microturn.background.tools import ClientToolBridge
+from microturn.background.worker import BackgroundWorker
 from microturn.runtime.engine import Engine
 from microturn.runtime.session import MicroTurnOutput
 from microturn.server.codecs import AudioFormatError, decode_audio, decode_base64, duration_ms, encode_audio
@@ -94,6 +101,9 @@ class RealtimeConnection:
         self.closing = False
         self.close_task: asyncio.Task | None = None  # closing a client that does not read
         self.last_rate_error = 0.0
+        self.worker: BackgroundWorker | None = None  # the background model, when the server has one
+        self.client_tools = ClientToolBridge(self._send_function_call)
+        self.client_tool_names: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -111,6 +121,15 @@ class RealtimeConnection:
                 pass
 
         self.session = self.engine.open_session(on_output=on_output)
+        app = self.websocket.scope.get("app")
+        backend = getattr(getattr(app, "state", None), "background_backend", None)
+        if backend is not None:
+            self.worker = BackgroundWorker(
+                self.session,
+                backend,
+                on_event=lambda event: self._send("microturn.background", **event),
+                loop=loop,
+            )
         writer = asyncio.create_task(self._write())
         try:
             self._send("session.created", session=self._session_object())
@@ -130,6 +149,8 @@ class RealtimeConnection:
         finally:
             # Free the engine session at once: it leaves at the next micro-turn.
             self.engine.close_session(self.session)
+            if self.worker is not None:
+                self.worker.close()
             self.closing = True
             writer.cancel()
 
@@ -208,6 +229,8 @@ class RealtimeConnection:
             self.turn_events = extension["turn_events"]
         if self.config.instructions and self.config.instructions != old.instructions:
             self.session.push_text(self.config.instructions)
+        if self.worker is not None and self.config.tools != old.tools:
+            self._offer_client_tools()
         self._send("session.updated", session=self._session_object())
 
     def _decode_input_audio(self, audio: object, param: str) -> np.ndarray:
@@ -263,6 +286,9 @@ class RealtimeConnection:
                 for text, audio in zip(texts, audios, strict=True):
                     if text:
                         self.session.push_text(text)
+                        if self.worker is not None and role == "user":
+                            self.worker.record.add_typed(text, self.session.turn * self.engine.turn_s)
+                            self.worker.request("typed")
                     if audio is not None and len(audio):
                         self.session.push_audio(audio, self.config.input_format.rate)
             record = {
@@ -277,8 +303,10 @@ class RealtimeConnection:
                     "invalid_value", "function_call_output needs string call_id and output", "item"
                 )
             self._check_text(output, "item.output")
-            # A tool result is content for the model to say when it fits: the background-text input.
-            self.session.push_background(output)
+            # The answer to a background model's call goes back to it; any other tool result is content
+            # for the model to say when it fits: the background-text input.
+            if not self.client_tools.deliver(call_id, output):
+                self.session.push_background(output)
             record = {"type": "function_call_output", "call_id": call_id, "output": output}
         elif kind == "function_call":
             record = {
@@ -377,6 +405,27 @@ class RealtimeConnection:
             ) from None
         self.session.push_video(rgb)
 
+    # --- the background model ------------------------------------------------------------------------------
+
+    def _offer_client_tools(self) -> None:
+        """The client's declared function tools replace those it declared before, in the worker's registry."""
+        for name in self.client_tool_names:
+            self.worker.tools.remove(name)
+        self.client_tool_names = set()
+        for declaration in self.config.tools:
+            if declaration.get("type", "function") == "function" and isinstance(declaration.get("name"), str):
+                self.worker.tools.add(self.client_tools.tool(declaration))
+                self.client_tool_names.add(declaration["name"])
+
+    def _send_function_call(self, call_id: str, name: str, arguments: str) -> None:
+        """The background model calls a client tool: the protocol's function call events and item."""
+        response_id, item_id = self.ids("resp"), self.ids("item")
+        where = {"response_id": response_id, "item_id": item_id, "output_index": 0, "call_id": call_id}
+        self._send("response.function_call_arguments.delta", delta=arguments, **where)
+        self._send("response.function_call_arguments.done", name=name, arguments=arguments, **where)
+        item = {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+        self._add_item({"id": item_id, "object": "realtime.item", "status": "completed", **item})
+
     # --- the record --------------------------------------------------------------------------------------
 
     def _item(self, item_id: str) -> dict:
@@ -436,6 +485,8 @@ class RealtimeConnection:
         if self.closing:
             return
         floor = output.floor
+        if self.worker is not None:
+            self.worker.observe(output)
         if self.turn_events:
             self._send(
                 "microturn.turn",
