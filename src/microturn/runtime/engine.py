@@ -51,7 +51,7 @@ class EngineConfig:
     threads: int = 1  # torch intra-op threads of the stepping thread for batches below `large_batch`
     large_batch: int = 32  # from this many live sessions the step uses `large_batch_threads`
     # (capped at the CPU count). A large batch is bound by reading the KV rings and by its matmuls, which
-    # split over cores: on an otherwise idle 2-core machine 2 threads took 64 sessions from 78 to 54 ms
+    # split over cores: on this 2-core machine at load 1 to 2, 2 threads took 64 sessions from 78 to 54 ms
     # (p99). Off (1) by default: when other processes hold the cores, 2 threads stalled for seconds per
     # step (BENCHMARKS_runtime.md); set 2 on a machine dedicated to the engine.
     large_batch_threads: int = 1
