@@ -53,7 +53,7 @@ class EngineConfig:
     # (capped at the CPU count). A large batch is bound by reading the KV rings and by its matmuls, which
     # split over cores: on this 2-core machine at load 1 to 2, 2 threads took 64 sessions from 78 to 54 ms
     # (p99). Off (1) by default: when other processes hold the cores, 2 threads stalled for seconds per
-    # step (BENCHMARKS_runtime.md); set 2 on a machine dedicated to the engine.
+    # step (BENCHMARKS.md); set 2 on a machine dedicated to the engine.
     large_batch_threads: int = 1
     video_interval_ms: int = 1000  # at most one video frame per this many ms per session
     step_history: int = 3000  # step times kept for statistics
