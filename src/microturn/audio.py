@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from microturn.files import atomic_write
+
 SAMPLE_RATE = 16_000
 HOP = 160  # 10 ms
 WIN = 400  # 25 ms
@@ -115,10 +117,8 @@ def read_wav(path: str | Path, expect_rate: int | None = SAMPLE_RATE) -> tuple[n
 
 def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
     """16-bit PCM, written to a temporary name first so a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(str(tmp), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
-    tmp.replace(path)
+    samples = np.clip(samples, -1.0, 1.0)
+    atomic_write(Path(path), lambda tmp: sf.write(str(tmp), samples, rate, subtype="PCM_16", format="WAV"))
 
 
 def resample(samples: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

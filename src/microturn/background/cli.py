@@ -25,6 +25,7 @@ import numpy as np
 
 from microturn.background.backends import EmbeddedBackend, backend_from_spec
 from microturn.background.worker import BackgroundWorker, WorkerConfig
+from microturn.files import atomic_write_text
 
 CHUNK = 3200
 _WORD = re.compile(r"[a-z0-9']+")
@@ -222,9 +223,7 @@ def eval_background(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(out)
+        atomic_write_text(out, text)
     print(json.dumps(report["summary"], indent=1))
     return 0
 

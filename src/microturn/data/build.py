@@ -21,6 +21,7 @@ from microturn.data.chitchat import Chat, load_chats
 from microturn.data.corpus import MANIFEST, TIMELINE, is_complete, write_conversation, write_manifest
 from microturn.data.synth import SHAPES, ConversationSpec, is_own_act, render
 from microturn.data.tts import TtsCache
+from microturn.files import atomic_write_text
 
 CORPUS_CONFIG = "corpus.json"
 # Planning estimate of a turn's length, fitted on a rendered corpus (0.367 s per word + 1.0 s per turn,
@@ -168,9 +169,7 @@ def _check_corpus_config(out: Path, config: dict[str, Any]) -> None:
         if clash:
             raise ValueError(f"{path}: {out} holds a corpus made with {clash}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(config, indent=1) + "\n")
 
 
 def synth_corpus(

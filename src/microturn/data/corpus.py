@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from microturn.audio import SAMPLE_RATE, AudioError, read_wav, write_wav
+from microturn.files import atomic_write_text
 
 SPEAKERS = ("user", "assistant", "other")
 UTTERANCE_KINDS = ("turn", "backchannel", "side_speech", "background_speech", "filler")
@@ -135,18 +135,12 @@ class Conversation:
         }
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_conversation(folder: Path, conv: Conversation) -> None:
     """Write the two wavs, then timeline.json (its presence marks the folder complete)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_wav(folder / "user.wav", conv.user)
     write_wav(folder / "assistant.wav", conv.assistant)
-    _atomic_write_text(folder / TIMELINE, json.dumps(conv.timeline(), indent=1) + "\n")
+    atomic_write_text(folder / TIMELINE, json.dumps(conv.timeline(), indent=1) + "\n")
     conv.path = folder
 
 
@@ -297,7 +291,7 @@ def load_conversation(path: str | Path) -> Conversation:
 
 
 def write_manifest(corpus_dir: Path, entries: list[dict[str, Any]]) -> None:
-    _atomic_write_text(corpus_dir / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
+    atomic_write_text(corpus_dir / MANIFEST, "".join(json.dumps(e) + "\n" for e in entries))
 
 
 def load_manifest(corpus_dir: str | Path) -> list[dict[str, Any]]:

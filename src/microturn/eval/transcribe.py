@@ -15,6 +15,7 @@ import numpy as np
 
 from microturn.audio import read_wav
 from microturn.eval.activity import is_silent
+from microturn.files import atomic_write_text
 
 Transcript = dict  # {"text": str, "chunks": [{"text": word, "timestamp": [start_s, end_s]}]}
 
@@ -58,10 +59,7 @@ def write_transcript(wav_path: str | Path, json_path: str | Path) -> Transcript:
     """Transcribe `wav_path` (16 kHz mono) and write `json_path` (via a temporary name)."""
     samples, _rate = read_wav(wav_path)
     transcript = transcribe(samples)
-    json_path = Path(json_path)
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(transcript, indent=1))
-    tmp.replace(json_path)
+    atomic_write_text(Path(json_path), json.dumps(transcript, indent=1))
     return transcript
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from microturn.files import read_safetensors
 
 from .config import ModelConfig
 from .interaction import InteractionModel
@@ -95,10 +96,7 @@ def load_checkpoint(
     weights_file = path / MODEL_FILE
     if not weights_file.exists():
         raise CheckpointError(f"{weights_file}: file not found")
-    try:
-        weights = load_file(str(weights_file))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_file}: corrupt or unreadable safetensors file ({exc})") from exc
+    weights = read_safetensors(weights_file, CheckpointError)
     model = InteractionModel(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))

@@ -10,13 +10,13 @@ present) fed as the background-model text. Every input is read and checked befor
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from microturn.audio import SAMPLE_RATE, AudioError, read_wav, resample, write_wav
+from microturn.files import atomic_write_text
 from microturn.runtime.input import SUPPORTED_RATES
 from microturn.runtime.model_system import ModelSystem
 from microturn.runtime.stream_loop import StreamRun, run_stream
@@ -91,9 +91,7 @@ def timeline(run: StreamRun, source: SimulationInput, checkpoint: str) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def plot_timeline(path: Path, run: StreamRun, source: SimulationInput) -> None:

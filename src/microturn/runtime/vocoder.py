@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from microturn.audio import HOP, LOG_MEL_MAX, LOG_MEL_MIN, N_MELS
+from microturn.files import atomic_write, read_safetensors
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "vocoder"
 WEIGHTS_FILE = "model.safetensors"
@@ -233,13 +231,6 @@ class VocoderStream:
         return samples[0].numpy()
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary name so that a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_vocoder(model: Vocoder, directory: str | Path) -> None:
     """model.safetensors + config.json, each written under a temporary name first."""
     directory = Path(directory)
@@ -257,10 +248,7 @@ def load_vocoder(directory: str | Path) -> Vocoder:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: vocoder checkpoint file not found")
     config = VocoderConfig.from_json(config_path.read_text(), source=str(config_path))
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+    tensors = read_safetensors(weights_path)
     model = Vocoder(config)
     expected = model.state_dict()
     if set(tensors) != set(expected):

@@ -73,6 +73,11 @@ class ResponseState:
     def transcript(self) -> str:
         return " ".join(text for text, _ in self.words)
 
+    @property
+    def content_ref(self) -> dict:
+        """The fields that place a delta or done event in this response's one audio/text content part."""
+        return {"response_id": self.id, "item_id": self.item_id, "output_index": 0, "content_index": 0}
+
 
 class RealtimeConnection:
     def __init__(
@@ -563,12 +568,7 @@ class RealtimeConnection:
         )
 
     def _stream(self, response: ResponseState, output: MicroTurnOutput, audio: bool = True) -> None:
-        where = {
-            "response_id": response.id,
-            "item_id": response.item_id,
-            "output_index": 0,
-            "content_index": 0,
-        }
+        where = response.content_ref
         audio_mode = "audio" in self.config.output_modalities
         for word in output.words:
             start_ms = max(0.0, (word["start"] - response.audio_start_s) * 1000.0)
@@ -612,12 +612,7 @@ class RealtimeConnection:
         if truncate_ms is not None:
             self._truncate_item(response, truncate_ms)
         transcript = response.transcript
-        where = {
-            "response_id": response.id,
-            "item_id": response.item_id,
-            "output_index": 0,
-            "content_index": 0,
-        }
+        where = response.content_ref
         audio_mode = "audio" in self.config.output_modalities
         if audio_mode:
             self._send("response.output_audio.done", **where)

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from microturn.files import atomic_write_text
+
 from ..data.chitchat import load_chats
 from ..model.checkpoint import (
     OPTIMIZER_FILE,
@@ -99,9 +101,7 @@ def _truncate_metrics(run: Path, step: int) -> None:
     path = run / METRICS_FILE
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _format_duration(seconds: float) -> str:

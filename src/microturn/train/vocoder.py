@@ -36,12 +36,12 @@ from microturn.audio import (
     mel_filterbank,
     resample,
 )
+from microturn.files import atomic_write
 from microturn.runtime.vocoder import (
     DEFAULT_CHECKPOINT,
     WEIGHTS_FILE,
     Vocoder,
     VocoderConfig,
-    atomic_write,
     load_vocoder,
     save_vocoder,
 )
