@@ -210,3 +210,17 @@ def test_torchrun_ddp_two_processes_on_cpu(corpora, tmp_path):
     assert "world size 2" in proc.stdout
     model, _, config = load_checkpoint(tmp_path / "ddp" / "checkpoint")
     assert config["step"] == 3 and config["world_size"] == 2
+
+
+def test_init_fine_tunes_from_a_checkpoint_on_a_corpus_mixture(corpora, tmp_path):
+    first = train(options(corpora, tmp_path / "first", steps=2))
+    train_dir, valid_dir, _ = corpora
+    mixture = f"{train_dir},{valid_dir}"
+    tuned = train(options(corpora, tmp_path / "tuned", steps=1, init=str(first), data=mixture))
+    saved = json.loads((tuned / "config.json").read_text())
+    assert saved["step"] == 1  # a new schedule, not a resume
+    start, after = weights(tmp_path / "first"), load_file(str(tuned / "model.safetensors"))
+    fresh = load_file(str(train(options(corpora, tmp_path / "fresh", steps=1, seed=5)) / "model.safetensors"))
+    # one step from the checkpoint lands near it, nearer than one step from another initialisation
+    moved = (after["gate.weight"] - start["gate.weight"]).norm()
+    assert moved < (fresh["gate.weight"] - start["gate.weight"]).norm()

@@ -15,7 +15,9 @@ from .loop import TrainOptions, train
 def add_arguments(p: argparse.ArgumentParser) -> None:
     defaults = {f.name: f.default for f in fields(TrainOptions)}
     p.add_argument("--config", required=True, choices=sorted(CONFIGS), help="model size")
-    p.add_argument("--data", help="training corpus folder (manifest.jsonl + conversation folders)")
+    p.add_argument(
+        "--data", help="training corpus folder(s), comma-separated (manifest.jsonl + conversation folders)"
+    )
     p.add_argument("--out", help="run folder: checkpoint/, metrics.jsonl")
     p.add_argument("--valid", help="validation corpus folder (losses per stream every --eval-every steps)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint if there is one")
@@ -38,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name])
     p.add_argument(
         "--tokenizer", help="use this tokenizer.json instead of training one on the chitchat train split"
+    )
+    p.add_argument(
+        "--init", help="start from this checkpoint's weights and tokenizer (new optimizer, step 0)"
     )
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP instead of DDP (under torchrun)")
 

@@ -52,12 +52,13 @@ class ConversationText:
 def read_conversations(
     corpus_dir: str | Path, tokenizer: TextTokenizer, known: list[ConversationText] = ()
 ) -> list[ConversationText]:
-    """Every conversation of the manifest whose folder is complete (the corpus may still be growing);
-    those in `known` (an earlier read) are reused, not read again."""
-    corpus_dir = Path(corpus_dir)
+    """Every conversation of the manifest(s) whose folder is complete (a corpus may still be growing);
+    `corpus_dir` may name several corpora, comma-separated (a training mixture). Those in `known` (an
+    earlier read) are reused, not read again."""
+    dirs = [Path(d) for d in str(corpus_dir).split(",") if d]
     cached = {c.folder: c for c in known}
     out = []
-    for entry in load_manifest(corpus_dir):
+    for corpus_dir, entry in ((d, e) for d in dirs for e in load_manifest(d)):
         folder = corpus_dir / entry["path"]
         if folder in cached:
             out.append(cached[folder])
@@ -83,7 +84,7 @@ def read_conversations(
         background = [(b.time, tokenizer.encode(b.text)) for b in conv.background]
         out.append(ConversationText(conv.id, folder, conv.duration_s, words, background))
     if not out:
-        raise ValueError(f"{corpus_dir}: no complete conversations in the manifest")
+        raise ValueError(f"{','.join(map(str, dirs))}: no complete conversations in the manifest")
     return out
 
 

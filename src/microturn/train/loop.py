@@ -61,6 +61,7 @@ class TrainOptions:
     checkpoint_every: int = 200  # steps
     checkpoint_minutes: float = 5.0  # ... or this much wall time, whichever comes first
     tokenizer: str | None = None  # an existing tokenizer.json; default: train one on the chitchat train split
+    init: str | None = None  # start from this checkpoint's weights and tokenizer (fresh optimizer, step 0)
     threads: int = 1
     fsdp: bool = False
     refresh_minutes: float = 0.0  # > 0: re-read the manifest this often (a growing corpus; not reproducible)
@@ -203,9 +204,12 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
     else:
         if resume and env.rank == 0:
             print(f"no checkpoint in {run}: starting from scratch", flush=True)
-        tokenizer = _shared_tokenizer(opts, run, cfg.vocab_size, env)
-        torch.manual_seed(opts.seed)
-        model = InteractionModel(cfg)
+        if opts.init:  # fine-tuning: same config, new data/schedule
+            model, tokenizer, _ = load_checkpoint(opts.init, expect=cfg)
+        else:
+            tokenizer = _shared_tokenizer(opts, run, cfg.vocab_size, env)
+            torch.manual_seed(opts.seed)
+            model = InteractionModel(cfg)
     model.train().to(env.device)
     if env.rank == 0:
         run.mkdir(parents=True, exist_ok=True)
