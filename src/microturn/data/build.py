@@ -18,8 +18,15 @@ import numpy as np
 from tqdm import tqdm
 
 from microturn.data.chitchat import Chat, load_chats
-from microturn.data.corpus import MANIFEST, TIMELINE, is_complete, write_conversation, write_manifest
-from microturn.data.synth import SHAPES, ConversationSpec, is_own_act, render
+from microturn.data.corpus import (
+    MANIFEST,
+    TIMELINE,
+    VIDEO,
+    is_complete,
+    write_conversation,
+    write_manifest,
+)
+from microturn.data.synth import PROACTIVE_SHAPES, SHAPES, ConversationSpec, is_own_act, render
 from microturn.data.tts import TtsCache
 from microturn.files import atomic_write_text
 
@@ -86,6 +93,30 @@ def plan(split: str, minutes: float, seed: int, shape: str = "conversation") -> 
     keys = [c.key for c in chats]
     specs: list[ConversationSpec] = []
     total = 0.0
+    if shape in PROACTIVE_SHAPES:  # one episode per chat (its text is what the user talks about)
+        from microturn.data.proactive import PLANNED_EPISODE_S, VARIANTS
+
+        variants = VARIANTS[shape]
+        for index in order:
+            chat = chats[index]
+            others = tuple(str(k) for k in rng.choice(keys, size=3, replace=False))
+            specs.append(
+                ConversationSpec(
+                    f"{shape}-{chat.key[:12]}",
+                    split,
+                    chat.key,
+                    0,
+                    len(chat.turns),
+                    chat.turns[0].sender,
+                    shape,
+                    others,
+                    variant=variants[len(specs) % len(variants)],
+                )
+            )
+            total += PLANNED_EPISODE_S
+            if total >= minutes * 60:
+                break
+        return specs
     for index in order:
         chat = chats[index]
         if shape == "conversation":
@@ -151,6 +182,7 @@ def _entry_from_disk(folder: Path, corpus_dir: Path) -> dict[str, Any]:
         "path": str(folder.relative_to(corpus_dir)),
         "duration_s": timeline["duration_s"],
         "phenomena": dict(sorted(counts.items())),
+        **({"video": True} if (folder / VIDEO).exists() else {}),
     }
 
 

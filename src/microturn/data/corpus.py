@@ -20,7 +20,8 @@ from microturn.audio import SAMPLE_RATE, AudioError, read_wav, write_wav
 from microturn.files import atomic_write_text
 
 SPEAKERS = ("user", "assistant", "other")
-UTTERANCE_KINDS = ("turn", "backchannel", "side_speech", "background_speech", "filler")
+# proactive: an assistant act triggered by what it sees, its clock or a cue word (data/proactive.py)
+UTTERANCE_KINDS = ("turn", "backchannel", "side_speech", "background_speech", "filler", "proactive")
 EVENT_TYPES = (
     "turn_end",
     "pause",
@@ -36,8 +37,11 @@ EVENT_TYPES = (
     "noise",
     "overlap",
 )
+# ground truth of the proactive episodes (data/proactive.py, docs/corpus.md)
+PROACTIVE_EVENT_TYPES = ("visual_change", "rep", "action", "timer", "cue")
 MANIFEST = "manifest.jsonl"
 TIMELINE = "timeline.json"
+VIDEO = "video.json"  # the scene of a video episode (data/video.py), beside the timeline
 _TIME_SLACK = 0.01  # seconds a label may pass the end of the audio (rounding of real recordings' labels)
 
 
@@ -92,6 +96,7 @@ class Conversation:
     user: np.ndarray  # float32 16 kHz
     assistant: np.ndarray
     path: Path | None = None
+    video: dict[str, Any] | None = None  # video.json: {"spec": scene, "frame_phase", "key_times"}
 
     def timeline(self) -> dict[str, Any]:
         def event(e: Event) -> dict[str, Any]:
@@ -126,13 +131,16 @@ class Conversation:
 
     def manifest_entry(self, corpus_dir: Path) -> dict[str, Any]:
         path = self.path.relative_to(corpus_dir) if self.path else Path(self.id)
-        return {
+        entry = {
             "id": self.id,
             "split": self.split,
             "path": str(path),
             "duration_s": self.duration_s,
             "phenomena": self.phenomena(),
         }
+        if self.video is not None:
+            entry["video"] = True
+        return entry
 
 
 def write_conversation(folder: Path, conv: Conversation) -> None:
@@ -140,6 +148,8 @@ def write_conversation(folder: Path, conv: Conversation) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_wav(folder / "user.wav", conv.user)
     write_wav(folder / "assistant.wav", conv.assistant)
+    if conv.video is not None:
+        atomic_write_text(folder / VIDEO, json.dumps(conv.video) + "\n")
     atomic_write_text(folder / TIMELINE, json.dumps(conv.timeline(), indent=1) + "\n")
     conv.path = folder
 
@@ -223,7 +233,7 @@ def parse_timeline(timeline: Any, path: Path, duration: float) -> tuple[list, li
     for i, e in enumerate(_items(timeline, "events", path)):
         where = f"{path}: events[{i}]"
         start, end = _span(e, where, duration)
-        if e.get("type") not in EVENT_TYPES:
+        if e.get("type") not in EVENT_TYPES + PROACTIVE_EVENT_TYPES:
             raise ValueError(f"{where}: unknown event type {e.get('type')!r}")
         detail = {k: v for k, v in e.items() if k not in ("type", "speaker", "start", "end", "text")}
         text = _text(e["text"], f"{where}.text") if "text" in e else None
@@ -287,7 +297,25 @@ def load_conversation(path: str | Path) -> Conversation:
         user=user,
         assistant=assistant,
         path=folder,
+        video=read_video(folder),
     )
+
+
+def read_video(folder: Path) -> dict[str, Any] | None:
+    """The folder's video.json (None without one), checked."""
+    from microturn.data.video import validate_spec
+
+    path = Path(folder) / VIDEO
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object with a 'spec'")
+    validate_spec(data.get("spec"), str(path))
+    return data
 
 
 def write_manifest(corpus_dir: Path, entries: list[dict[str, Any]]) -> None:

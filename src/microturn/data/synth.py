@@ -23,7 +23,10 @@ from microturn.data.corpus import BackgroundText, Conversation, Event, Utterance
 from microturn.data.tts import TtsCache
 from microturn.data.voices import ASSISTANT_VOICE, Voice, sample_other_voice, sample_user_voice
 
-SHAPES = ("conversation", "pause", "turn_taking", "interruption", "backchannel")
+FDB_SHAPES = ("conversation", "pause", "turn_taking", "interruption", "backchannel")
+# proactive episodes (proactive.py): the assistant speaks on what it sees, its clock, or a cue word
+PROACTIVE_SHAPES = ("visual_cue", "reps", "start_stop", "time", "cue_word")
+SHAPES = FDB_SHAPES + PROACTIVE_SHAPES
 
 BACKCHANNELS = ("mm-hm", "yeah", "right", "okay", "uh-huh", "i see", "sure", "oh", "yeah yeah", "wow")
 USER_FILLERS = ("um,", "uh,", "um", "uh", "you know,", "i mean,", "like,")
@@ -97,6 +100,15 @@ class SynthConfig:
             min_snr_db=25.0,
             user_backchannel_p=0.0,
         )
+        if shape in PROACTIVE_SHAPES:  # a person doing something and talking now and then
+            return replace(
+                SynthConfig(),
+                **quiet | dict(echo_p=0.2, min_snr_db=15.0, max_turn_words=30, noise_p=0.6),
+                self_correction_p=0.0,
+                interruption_p=0.0,
+                assistant_backchannel_p=0.25,
+                pause_p=0.1,
+            )
         per_shape = {
             "pause": dict(
                 pause_p=0.0,
@@ -125,7 +137,8 @@ class ConversationSpec:
     n_turns: int
     user_sender: int
     shape: str = "conversation"
-    other_keys: tuple[str, ...] = ()  # chats whose lines become background talk
+    other_keys: tuple[str, ...] = ()  # chats whose lines become background talk (proactive: user talk)
+    variant: str = ""  # proactive shapes: which kind of episode (proactive.VARIANTS)
 
 
 def conversation_rng(seed: int, conversation_id: str) -> np.random.Generator:
@@ -387,6 +400,10 @@ def render(
     cfg = config or SynthConfig.for_shape(spec.shape)
     rng = conversation_rng(seed if timing_seed is None else timing_seed, spec.id)
     r = _Renderer(spec, cfg, cache, rng, conversation_rng(seed, spec.id + "/voices"))
+    if spec.shape in PROACTIVE_SHAPES:
+        from microturn.data.proactive import render_episode
+
+        return render_episode(spec, r, chats)
     turns = chats[spec.chat_key].turns[spec.first_turn : spec.first_turn + spec.n_turns]
     roles = ["user" if t.sender == spec.user_sender else "assistant" for t in turns]
     t = samples(rng.uniform(0.3, 1.5))

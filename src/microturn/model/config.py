@@ -29,7 +29,7 @@ class ModelConfig:
     time_periods: int = 16  # sinusoidal elapsed-time features: periods from 0.4 s to one hour
     video_patch: int = 40  # pixels; the hMLP stem reads 4x4 -> 2x2 -> 1 sub-patches of a patch
     video_size: int = 160  # frames are resized by the caller to video_size x video_size RGB
-    video_fps: float = 1.0  # how often the runtime passes a frame (documented rate; the model accepts any)
+    video_fps: float = 5.0  # how often the runtime passes a frame: one per micro-turn, as in training
     # outputs
     vocab_size: int = 4096  # BPE vocabulary, specials included
     text_slots: int = 3  # K: text tokens per micro-turn

@@ -64,7 +64,7 @@ class TurnBatch:
     floor: torch.Tensor  # [B, T] long, index into FLOOR_STATES
     user_text: torch.Tensor  # [B, T, K] long: user words started in micro-turn t - delay
     valid: torch.Tensor  # [B, T] bool: targets exist (inside the conversation)
-    video: torch.Tensor | None = None  # [B, T, 3, S, S] float
+    video: torch.Tensor | None = None  # [B, T, 3, S, S] float in [0, 1], or uint8 0-255 (the dataset's)
     video_present: torch.Tensor | None = None  # [B, T] bool
 
     def to(self, device: torch.device | str) -> TurnBatch:
@@ -139,7 +139,10 @@ class InteractionModel(nn.Module):
         x = x + gap.unsqueeze(-1) * self.gap_marker
         if video is not None and video_present is not None and bool(video_present.any()):
             frames = torch.zeros_like(x)
-            frames[video_present] = self.video(video[video_present])
+            present = video[video_present]
+            if present.dtype == torch.uint8:  # training keeps frames as bytes until here (4x less memory)
+                present = present.float() / 255.0
+            frames[video_present] = self.video(present)
             x = x + frames
         return x
 

@@ -55,7 +55,9 @@ class EngineConfig:
     # (p99). Off (1) by default: when other processes hold the cores, 2 threads stalled for seconds per
     # step (BENCHMARKS.md); set 2 on a machine dedicated to the engine.
     large_batch_threads: int = 1
-    video_interval_ms: int = 1000  # at most one video frame per this many ms per session
+    # at most one video frame per this many ms per session: 200 = one per micro-turn, as training passes
+    # them (train/dataset.py renders micro-turn t's frame at data.video.frame_time(t))
+    video_interval_ms: int = 200
     step_history: int = 3000  # step times kept for statistics
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import audio
+from ..data import video as scenes
 from ..data.corpus import is_complete, load_conversation, load_manifest
 from ..model.config import ModelConfig
 from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
@@ -35,6 +37,7 @@ SPEED_WEIGHTS = (0.7, 0.15, 0.15)
 MIN_WORD_OVERLAP_S = 0.005  # a word makes a window active from half a mel frame on: no onset is cut
 DEFAULT_AUGMENT = AugmentConfig()
 GAP_RATE = 0.01  # micro-turns whose input is replaced by a runtime-style gap (silence + gap marker)
+VIDEO_DROP_RATE = 0.02  # frames dropped in training (a live camera misses some)
 MAX_MISSING_DRAWS = 120  # consecutive crops whose audio vanished (about 2 minutes) before giving up
 
 
@@ -47,6 +50,7 @@ class ConversationText:
     duration_s: float
     words: list[tuple[str, str, float, float, tuple[int, ...]]]  # speaker, utterance kind, start, end, ids
     background: list[tuple[float, list[int]]]  # arrival time, token ids
+    video: dict | None = None  # the scene spec of a video episode (data/video.py), rendered per crop
 
 
 def read_conversations(
@@ -82,7 +86,8 @@ def read_conversations(
             for w in conv.words
         ]
         background = [(b.time, tokenizer.encode(b.text)) for b in conv.background]
-        out.append(ConversationText(conv.id, folder, conv.duration_s, words, background))
+        spec = conv.video["spec"] if conv.video is not None else None
+        out.append(ConversationText(conv.id, folder, conv.duration_s, words, background, spec))
     if not out:
         raise ValueError(f"{','.join(map(str, dirs))}: no complete conversations in the manifest")
     return out
@@ -216,6 +221,7 @@ class CropRenderer:
             missing = [(0, length - len(track))] + [(0, 0)] * (track.ndim - 1)
             return torch.from_numpy(np.pad(track, missing, constant_values=fill))
 
+        video, video_present = self.video(conv, start, length, dst / src, rng)
         speaking = window("speaking", 1)
         mel = audio.normalise_log_mel(asst_lm).view(length, cfg.frames, cfg.n_mels).clamp(-1.0, 1.0)
         n_turns = self.n_turns(conv_index, speed)
@@ -232,11 +238,42 @@ class CropRenderer:
             "floor": window("floor", 1),
             "user_text": window("user_text", 0),
             "valid": torch.arange(start + 1, start + length + 1) < n_turns,
+            "video": video,
+            "video_present": video_present,
         }
+
+    def video(
+        self, conv: ConversationText, start: int, length: int, time_scale: float, rng: np.random.Generator
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Micro-turn t's frame is the scene at `video.frame_time(t)` (at normal speed: times / scale), as
+        the runtime passes the frame captured during that micro-turn: uint8 [length, 3, S, S] (None
+        without video) and the presence mask [length]."""
+        if conv.video is None:
+            return None, torch.zeros(length, dtype=torch.bool)
+        ts = self.cfg.micro_turn_ms / 1000.0
+        times = [scenes.frame_time(t, ts) / time_scale for t in range(start, start + length)]
+        frames = torch.from_numpy(scenes.render_frames(conv.video, times)).permute(0, 3, 1, 2)
+        size = self.cfg.video_size
+        if frames.shape[-1] != size:  # the runtime's resize (session.py)
+            frames = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True)
+            frames = frames.round().clamp(0, 255).to(torch.uint8)
+        present = torch.ones(length, dtype=torch.bool)
+        if self.augment is not None:
+            present &= torch.from_numpy(rng.random(length) >= VIDEO_DROP_RATE)
+        return frames.contiguous(), present
 
 
 def collate(samples: list[dict]) -> TurnBatch:
-    return TurnBatch(**{key: torch.stack([s[key] for s in samples]) for key in samples[0]})
+    """Stack crops; `video` is None unless some crop has video (then zeros where a crop has none)."""
+    batch = {key: torch.stack([s[key] for s in samples]) for key in samples[0] if key != "video"}
+    with_video = [s["video"] for s in samples if s.get("video") is not None]
+    video = None
+    if with_video:
+        video = torch.zeros((len(samples), *with_video[0].shape), dtype=with_video[0].dtype)
+        for i, s in enumerate(samples):
+            if s.get("video") is not None:
+                video[i] = s["video"]
+    return TurnBatch(**batch, video=video)
 
 
 @dataclass(frozen=True)
