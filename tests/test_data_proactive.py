@@ -209,3 +209,17 @@ def test_the_runtime_passes_one_frame_per_micro_turn():
     for passed, frame in frames:  # every micro-turn gets its frame, unchanged by the 160 -> 160 resize
         assert passed is not None
         assert torch.allclose(passed, torch.from_numpy(frame).permute(2, 0, 1).float() / 255.0, atol=1 / 255)
+
+
+def test_video_stem_is_the_strided_convolutions():
+    """The stem's matmul form computes the hMLP convolutions on frames * 2 - 1, for floats and bytes."""
+    torch.manual_seed(0)
+    stem = InteractionModel(get_config("tiny")).video
+    with torch.no_grad():
+        for p in stem.parameters():
+            p.normal_(0, 0.1)
+    frames = torch.randint(0, 256, (4, 3, 160, 160), dtype=torch.uint8)
+    as_float = frames.float() / 255.0
+    reference = stem.proj((stem.stem(as_float * 2 - 1) + stem.patch_pos).mean(dim=(-2, -1)))
+    assert torch.allclose(stem(as_float), reference, atol=1e-5)
+    assert torch.allclose(stem(frames), reference, atol=1e-5)
