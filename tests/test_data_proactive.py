@@ -83,7 +83,7 @@ def episodes(tmp_path_factory, tts_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("proactive")
     out = {}
     for shape, variants in VARIANTS.items():
-        minutes = len(variants) * PLANNED_EPISODE_S / 60
+        minutes = len(variants) * PLANNED_EPISODE_S[shape] / 60
         synth_corpus(root / shape, minutes, 7, "test", shape, cache_dir=tts_dir, progress=False)
         out[shape] = root / shape
     return out

@@ -113,7 +113,7 @@ def plan(split: str, minutes: float, seed: int, shape: str = "conversation") -> 
                     variant=variants[len(specs) % len(variants)],
                 )
             )
-            total += PLANNED_EPISODE_S
+            total += PLANNED_EPISODE_S[shape]
             if total >= minutes * 60:
                 break
         return specs

@@ -34,7 +34,8 @@ VARIANTS = {
 }
 VIDEO_SHAPES = ("visual_cue", "reps", "start_stop")
 EPISODE_S = (20.0, 60.0)
-PLANNED_EPISODE_S = 36.0  # the planner's estimate of a rendered episode (mean of a rendered corpus)
+# the planner's estimate of a rendered episode, per shape (means of 30-episode corpora)
+PLANNED_EPISODE_S = {"visual_cue": 28.0, "reps": 33.0, "start_stop": 26.0, "time": 38.0, "cue_word": 43.0}
 
 ACKS = ("okay.", "sure.", "got it.", "okay, will do.", "sure thing.", "alright.", "okay, i'm on it.")
 VISUAL = {

@@ -86,3 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from microturn.background.cli import add_parser as add_background_parser
 
     add_background_parser(sub)
+
+    from microturn.eval.proactive import add_parser as add_proactive_parser
+
+    add_proactive_parser(sub)
