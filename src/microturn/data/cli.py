@@ -43,6 +43,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real(args: argparse.Namespace) -> int:
+    from microturn.data.export import TASKS
+    from microturn.data.real import export_real_fdbench
+
+    tasks = tuple(args.tasks.split(",")) if args.tasks else TASKS
+    print(json.dumps(export_real_fdbench(args.out, tasks, args.n, args.seed)))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="the synthetic full-duplex conversation corpus")
     sub = data.add_subparsers(dest="data_command", required=True)
@@ -78,3 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--task", required=True, help="pause | turn_taking | interruption | backchannel")
     export.add_argument("--n", type=int, default=None, help="at most this many samples")
     export.set_defaults(func=_export)
+
+    real = sub.add_parser(
+        "real-fdbench",
+        help="Full-Duplex-Bench samples in real human voices (the read-speech clips of moonshine-voice)",
+    )
+    real.add_argument("--out", required=True, help="new folder; gets one folder per task")
+    real.add_argument("--tasks", default=None, help="comma-separated (default: all four)")
+    real.add_argument("--n", type=int, default=None, help="at most this many samples per task")
+    real.add_argument("--seed", type=int, default=0)
+    real.set_defaults(func=_real)

@@ -183,22 +183,31 @@ def _shift(annotation: list[dict[str, Any]], origin: float) -> list[dict[str, An
     return [{**a, "timestamp": [round(t - origin, 5) for t in a["timestamp"]]} for a in annotation]
 
 
+def write_sample_folder(
+    folder: Path, audio: np.ndarray, task: str, annotation: list[dict[str, Any]], background: list[dict]
+) -> None:
+    """One sample folder (input.wav, the task's annotation file, background.json), written under a
+    temporary name and renamed, so an interrupted export never leaves a half-written sample."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_wav(tmp / "input.wav", audio)
+    (tmp / ANNOTATION[task]).write_text(json.dumps(annotation, indent=1) + "\n")
+    (tmp / "background.json").write_text(json.dumps(background, indent=1) + "\n")
+    tmp.rename(folder)
+
+
 def _write_sample(folder: Path, sample: Sample, task: str) -> None:
     conv = sample.conversation
     a, b = int(round(sample.start * SAMPLE_RATE)), int(round(sample.end * SAMPLE_RATE))
     tail = np.zeros(int(TAIL_SILENCE_S.get(task, 0.0) * SAMPLE_RATE), np.float32)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_wav(tmp / "input.wav", np.concatenate([conv.user[a:b], tail]))
-    (tmp / ANNOTATION[task]).write_text(json.dumps(_shift(sample.annotation, sample.start), indent=1) + "\n")
     background = [
         {"time": round(max(0.0, bg.time - sample.start), 5), "text": bg.text}
         for bg in conv.background
         if bg.utterance in sample.background_utterances
     ]
-    (tmp / "background.json").write_text(json.dumps(background, indent=1) + "\n")
-    tmp.rename(folder)
+    audio = np.concatenate([conv.user[a:b], tail])
+    write_sample_folder(folder, audio, task, _shift(sample.annotation, sample.start), background)
 
 
 def export_fdbench(

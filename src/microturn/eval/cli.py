@@ -32,20 +32,32 @@ def _harness_factory(args: argparse.Namespace):
 
 def cmd_fdbench(args: argparse.Namespace) -> int:
     from microturn.eval.report import write_report
-    from microturn.eval.runner import run_fdbench
-    from microturn.runtime.stream_loop import stream_output
+    from microturn.eval.runner import EchoSpec, parse_delay_ms, run_fdbench
+    from microturn.runtime.stream_loop import run_stream
 
     systems = list(SYSTEMS) if args.system == "both" else [args.system]
     factories = {"model": _model_factory, "harness": _harness_factory}
+    echo = None
+    if args.echo_db is not None:
+        echo = EchoSpec(args.echo_db, parse_delay_ms(args.echo_delay_ms), seed=args.seed)
     out = Path(args.out)
     runs = []
     for name in systems:
         factory = factories[name](args)
         run = run_fdbench(
-            args.dir, factory, stream_output, out, args.background, system_name=name, task=args.task
+            args.dir,
+            factory,
+            run_stream,
+            out,
+            args.background,
+            system_name=name,
+            task=args.task,
+            echo=echo,
+            per_folder=args.n,
         )
         runs.append(run)
-        print(f"{name} ({args.background} background): " + json.dumps(run.metrics))
+        condition = f", {echo.describe()}" if echo else ""
+        print(f"{name} ({args.background} background{condition}): " + json.dumps(run.metrics))
     report = write_report(out, runs)
     if args.json:  # the same flat metrics that write_report put beside the report
         shutil.copyfile(report.parent / "metrics.json", args.json)
@@ -74,6 +86,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fdb.add_argument("--out", default="out/fdbench", help="where outputs, report.md and plots go")
     fdb.add_argument("--json", default=None, help="also write the flat metrics here")
     fdb.add_argument("--seed", type=int, default=0)
+    fdb.add_argument("--n", type=int, default=None, help="at most this many samples of each task folder")
+    fdb.add_argument(
+        "--echo-db",
+        type=float,
+        default=None,
+        help="leak the system's own output into its input at this level (dB, e.g. -10): a loudspeaker echo",
+    )
+    fdb.add_argument(
+        "--echo-delay-ms", default="50-150", help="the echo's delay, N or LOW-HIGH ms (drawn per sample)"
+    )
     fdb.set_defaults(func=cmd_fdbench)
 
     ov = sub.add_parser("export-overlap", help="v1.5 overlap scenario folders from held-out talks")

@@ -2,7 +2,8 @@
 
 A sample's timeline is the system's output words (from `output.json`), for some tasks its output audio
 (stop latency) or voice-activity segments (backchannel), and the sample's annotation times. The
-definitions follow the benchmark paper (see docs/evaluation.md); the stop latency is ours.
+definitions follow the benchmark paper (see docs/evaluation.md); the stop latency and the speech word
+error rate (the words the system meant to say against what Whisper heard in its output) are ours.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+import jiwer
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
@@ -108,6 +110,42 @@ def backchannel_metrics(
     }
 
 
+# both sides of the speech WER: lowercase, punctuation removed ("Mm-hm." -> "mmhm", "I'm" -> "im")
+_WER_WORDS = jiwer.Compose(
+    [
+        jiwer.ToLowerCase(),
+        jiwer.RemovePunctuation(),
+        jiwer.RemoveMultipleSpaces(),
+        jiwer.Strip(),
+        jiwer.ReduceToListOfListOfWords(),
+    ]
+)
+
+
+def wer_words(text: str) -> list[str]:
+    """The words of `text` as the speech WER compares them."""
+    return _WER_WORDS(text)[0]
+
+
+def speech_errors(said: list[str], heard: list[str]) -> dict:
+    """Intelligibility of one sample: the word errors (substitutions + deletions + insertions of a
+    minimum edit-distance alignment, by jiwer) of the words heard in the output (Whisper) against the
+    words the system meant to say. Without words said, every word heard is an insertion and the
+    sample's own WER is undefined (None); it still counts in the aggregate's numerator."""
+    ref, hyp = wer_words(" ".join(said)), wer_words(" ".join(heard))
+    if not ref:
+        return {"speech_words": 0, "speech_errors": len(hyp), "speech_wer": None}
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    errors = out.substitutions + out.deletions + out.insertions
+    return {"speech_words": len(ref), "speech_errors": errors, "speech_wer": errors / len(ref)}
+
+
+def pooled_wer(records: list[dict]) -> float | None:
+    """Corpus WER over samples: all their errors over all the words said (None without words said)."""
+    words = sum(r["speech_words"] for r in records)
+    return sum(r["speech_errors"] for r in records) / words if words else None
+
+
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -139,6 +177,13 @@ def aggregate(records: list[dict]) -> dict:
             scores[scenario] = 100.0 * float(np.mean(hits))
             out[f"v15_{scenario}"] = scores[scenario]
         out["v15_average"] = float(np.mean(list(scores.values())))
+    spoken = [r for r in records if "speech_words" in r]
+    if spoken:
+        out["speech_wer"] = pooled_wer(spoken)
+        out["speech_words"] = sum(r["speech_words"] for r in spoken)
+        for task, rows in sorted(by_task.items()):
+            if rows := [r for r in rows if "speech_words" in r]:
+                out[f"speech_wer_{task}"] = pooled_wer(rows)
     for task, rows in sorted(by_task.items()):
         out[f"n_{task}"] = len(rows)
     return out

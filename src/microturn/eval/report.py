@@ -24,6 +24,7 @@ COLUMNS = [
     ("backchannel_freq", "backchannel freq /s ↑"),
     ("backchannel_jsd", "backchannel JSD ↓"),
     ("v15_average", "v1.5 average ↑"),
+    ("speech_wer", "speech WER ↓"),
 ]
 V15_COLUMNS = [
     (f"v15_{s}", f"v1.5 {s}") for s in ("interrupt", "backchannel", "side_talk", "background_speech")
@@ -85,7 +86,8 @@ def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int 
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = [run_label(r, runs) for r in runs]
     metrics = {
-        label: {**r.metrics, "background": r.background} for label, r in zip(labels, runs, strict=True)
+        label: {**r.metrics, "background": r.background, **({"echo": r.echo.as_dict()} if r.echo else {})}
+        for label, r in zip(labels, runs, strict=True)
     }
     flat = next(iter(metrics.values())) if len(runs) == 1 else metrics
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=1))
@@ -121,6 +123,9 @@ def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int 
 
     columns = COLUMNS + [c for c in V15_COLUMNS if any(c[0] in r.metrics for r in runs)]
     counts = sorted({k for r in runs for k in r.metrics if k.startswith("n_")})
+    # the input condition, shown only when some run was not clean
+    conditions = [r.echo.describe() if r.echo else "clean" for r in runs]
+    show_input = any(r.echo for r in runs)
     lines = [
         "# Full-Duplex-Bench evaluation",
         "",
@@ -129,12 +134,35 @@ def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int 
         + ", ".join(f"`{m}`" for m in BACKGROUND_MODES)
         + " (`embedded` and a URL, the real background model, come with the background model).",
         "",
-        "| system | background | " + " | ".join(t for _, t in columns) + " | " + " | ".join(counts) + " |",
-        "|---|---|" + "---|" * (len(columns) + len(counts)),
+        "| system | background | "
+        + ("input | " if show_input else "")
+        + " | ".join(t for _, t in columns)
+        + " | "
+        + " | ".join(counts)
+        + " |",
+        "|---|---|" + "---|" * (len(columns) + len(counts) + int(show_input)),
     ]
-    for label, run in zip(labels, runs, strict=True):
+    for label, run, condition in zip(labels, runs, conditions, strict=True):
         cells = [_cell(run.metrics.get(k)) for k, _ in columns] + [_cell(run.metrics.get(k)) for k in counts]
-        lines.append(f"| {label} | {run.background} | " + " | ".join(cells) + " |")
+        head = f"| {label} | {run.background} | " + (f"{condition} | " if show_input else "")
+        lines.append(head + " | ".join(cells) + " |")
+    wer_tasks = sorted(
+        {k[len("speech_wer_") :] for r in runs for k in r.metrics if k.startswith("speech_wer_")}
+    )
+    if wer_tasks:
+        lines += [
+            "",
+            "Speech WER: Whisper tiny.en on the output against the words the system meant to say (its "
+            "emitted text), pooled over the samples of each task; `speech_words` = words said.",
+            "",
+            "| system | " + " | ".join(f"speech WER {t}" for t in wer_tasks) + " | speech_words |",
+            "|---|" + "---|" * (len(wer_tasks) + 1),
+        ]
+        for label, run in zip(labels, runs, strict=True):
+            cells = [_cell(run.metrics.get(f"speech_wer_{t}")) for t in wer_tasks]
+            lines.append(
+                f"| {label} | " + " | ".join(cells) + f" | {_cell(run.metrics.get('speech_words'))} |"
+            )
     lines += ["", "![latencies](latency_hist.png)", "", "## Worst samples", ""]
     lines += [f"![{name}]({name})" for name in timelines]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

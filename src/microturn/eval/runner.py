@@ -3,10 +3,14 @@
 For every sample: stream input.wav through the system (with the runtime's real-time loop, passed in as
 `stream`), write output.wav and output.json (transcribed offline) into the output folder (the data
 folder is never written to), and compute the sample's metrics. The flat aggregate is in `BenchRun.metrics`.
+When the loop reports the words the system said (`run_stream` does), the sample also gets the speech word
+error rate of its output against them. With `echo`, the system's own output leaks back into its input
+through the loop's causal feedback path (a loudspeaker echo at a level and a delay drawn per sample).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,15 +20,56 @@ import numpy as np
 from tqdm import tqdm
 
 from microturn.audio import write_wav
+from microturn.data.effects import EchoPath
 from microturn.eval import fdbench, overlap
 from microturn.eval.activity import speech_segments
 from microturn.eval.samples import Sample, check_sample, find_sample_dirs, read_sample
 from microturn.eval.transcribe import transcribe
-from microturn.runtime.system import BackgroundText, DuplexSystem
+from microturn.runtime.stream_loop import StreamRun
+from microturn.runtime.system import DuplexSystem
 
-# stream(system, input samples, background) -> the system's output, 16 kHz, sample 0 aligned with the input
-StreamFn = Callable[[DuplexSystem, np.ndarray, list[BackgroundText]], np.ndarray]
+# stream(system, input samples, background[, feedback=]) -> the system's output, 16 kHz, sample 0 aligned
+# with the input, or the loop's StreamRun (`runtime.stream_loop.run_stream`: the output, the words said
+# with their play times, and the input heard); `feedback=` is passed only when the run has an echo
+StreamFn = Callable[..., np.ndarray | StreamRun]
 BACKGROUND_MODES = ("oracle",)  # `embedded` and a URL come with the background model
+
+
+@dataclass(frozen=True)
+class EchoSpec:
+    """The system's own output leaking into its input: a loudspeaker echo (`data.effects.echo`: band
+    300-3,400 Hz, a room tail) at `level_db`, delayed by a per-sample draw from `delay_ms` (low, high)."""
+
+    level_db: float
+    delay_ms: tuple[float, float]
+    seed: int = 0
+
+    def path(self, sample: str) -> EchoPath:
+        """The echo of one sample (its delay and room drawn from the seed and the sample's path)."""
+        digest = hashlib.sha256(f"{self.seed}/{sample}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        delay_ms = float(rng.uniform(*self.delay_ms))
+        return EchoPath(delay_ms / 1000.0, self.level_db, rng)
+
+    def describe(self) -> str:
+        low, high = self.delay_ms
+        delay = f"{low:g} ms" if low == high else f"{low:g}-{high:g} ms"
+        return f"echo {self.level_db:g} dB, {delay}"
+
+    def as_dict(self) -> dict:
+        return {"level_db": self.level_db, "delay_ms": list(self.delay_ms), "seed": self.seed}
+
+
+def parse_delay_ms(text: str) -> tuple[float, float]:
+    """ "100" or "50-150" (milliseconds) -> (low, high)."""
+    parts = text.split("-")
+    try:
+        low, high = (float(parts[0]), float(parts[-1])) if len(parts) <= 2 else (None, None)
+    except ValueError:
+        low = high = None
+    if low is None or high is None or not 0 <= low <= high:
+        raise ValueError(f"echo delay {text!r}: expected milliseconds as N or LOW-HIGH, 0 <= LOW <= HIGH")
+    return low, high
 
 
 @dataclass
@@ -34,6 +79,7 @@ class BenchRun:
     metrics: dict  # flat keys, see fdbench.aggregate
     records: list[dict] = field(default_factory=list)  # one per sample
     out_dir: Path | None = None
+    echo: EchoSpec | None = None  # the input condition: clean, or the system's own echo leaking in
 
 
 def score_sample(sample: Sample, output: np.ndarray, transcript: dict) -> dict:
@@ -64,17 +110,27 @@ def run_fdbench(
     background_mode: str = "oracle",
     system_name: str = "system",
     task: str | None = None,
+    echo: EchoSpec | None = None,
+    per_folder: int | None = None,
 ) -> BenchRun:
     """Run and score `system_factory()` (a fresh system per sample) on every sample folder under
     `data_dir`. Outputs go to out_dir/<system_name>/<sample path relative to data_dir>/, per-sample records
     to out_dir/<system_name>/samples.jsonl. `task` restricts the run to folders of that task (others
-    raise)."""
+    raise). `echo` feeds the system's played output back into its input (then `heard.wav` beside
+    output.wav is the input it heard); it needs a `stream` that takes `feedback=`, as `run_stream` does.
+    `per_folder` keeps only the first N samples (sorted) of each folder of samples (a task folder), for
+    quick subsets."""
     if background_mode not in BACKGROUND_MODES:
         raise ValueError(
             f"background mode {background_mode!r} is not available yet (only {', '.join(BACKGROUND_MODES)})"
         )
     data_dir = Path(data_dir)
     folders = find_sample_dirs(data_dir)
+    if per_folder is not None:
+        groups: dict[Path, list[Path]] = {}
+        for folder in folders:
+            groups.setdefault(folder.parent, []).append(folder)
+        folders = sorted(f for group in groups.values() for f in group[:per_folder])
     for folder in folders:  # every folder checked before any is run: a bad one fails in seconds
         check_sample(folder, task)
     run_dir = Path(out_dir) / system_name
@@ -84,18 +140,35 @@ def run_fdbench(
         rel = sample.path.relative_to(data_dir)
         sample_out = run_dir / rel
         sample_out.mkdir(parents=True, exist_ok=True)
-        output = np.asarray(stream(system_factory(), sample.input, sample.background), dtype=np.float32)
+        extra: dict = {}
+        feedback = {}
+        if echo is not None:
+            feedback["feedback"] = path = echo.path(str(rel))
+            extra["echo_delay_ms"] = round(path.delay_s * 1000.0, 1)
+        result = stream(system_factory(), sample.input, sample.background, **feedback)
+        said = None
+        if isinstance(result, StreamRun):
+            said = result.words
+            (sample_out / "said.json").write_text(json.dumps(said, indent=1))
+            if result.heard is not None:
+                write_wav(sample_out / "heard.wav", np.clip(result.heard, -1.0, 1.0))
+            result = result.output
+        output = np.asarray(result, dtype=np.float32)
         output = np.pad(output[: len(sample.input)], (0, max(0, len(sample.input) - len(output))))
         write_wav(sample_out / "output.wav", output)
         transcript = transcribe(output)
         (sample_out / "output.json").write_text(json.dumps(transcript, indent=1))
+        if said is not None:
+            transcribed = [w.text for w in fdbench.words_from_transcript(transcript)]
+            extra.update(fdbench.speech_errors([w["text"] for w in said], transcribed))
         record = {
             "sample": str(rel),
             "task": sample.task,
             "input": str(sample.path),
             "output": str(sample_out),
             **score_sample(sample, output, transcript),
+            **extra,
         }
         records.append(record)
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return BenchRun(system_name, background_mode, fdbench.aggregate(records), records, run_dir)
+    return BenchRun(system_name, background_mode, fdbench.aggregate(records), records, run_dir, echo)
