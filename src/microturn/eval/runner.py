@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from microturn.audio import write_wav
+from microturn.audio import SAMPLE_RATE, write_wav
 from microturn.data.effects import EchoPath
 from microturn.eval import fdbench, overlap
 from microturn.eval.activity import speech_segments
@@ -158,9 +158,10 @@ def run_fdbench(
         write_wav(sample_out / "output.wav", output)
         transcript = transcribe(output)
         (sample_out / "output.json").write_text(json.dumps(transcript, indent=1))
-        if said is not None:
-            transcribed = [w.text for w in fdbench.words_from_transcript(transcript)]
-            extra.update(fdbench.speech_errors([w["text"] for w in said], transcribed))
+        if said is not None:  # the words said whose audio played to its end, against Whisper's text
+            end_s = len(output) / SAMPLE_RATE
+            spoken = [w["text"] for w in said if w["end"] <= end_s + 1e-6]
+            extra.update(fdbench.speech_errors(spoken, transcript["text"].split()))
         record = {
             "sample": str(rel),
             "task": sample.task,
