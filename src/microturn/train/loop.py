@@ -204,8 +204,10 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
     else:
         if resume and env.rank == 0:
             print(f"no checkpoint in {run}: starting from scratch", flush=True)
-        if opts.init:  # fine-tuning: same config, new data/schedule
-            model, tokenizer, _ = load_checkpoint(opts.init, expect=cfg)
+        if opts.init:  # fine-tuning: new data/schedule; the weights must fit this config's shapes
+            loaded, tokenizer, _ = load_checkpoint(opts.init)
+            model = InteractionModel(cfg)
+            model.load_state_dict(loaded.state_dict())
         else:
             tokenizer = _shared_tokenizer(opts, run, cfg.vocab_size, env)
             torch.manual_seed(opts.seed)
