@@ -4,14 +4,20 @@ A task starts at every user turn end (the interaction model's own perception: it
 user_speaking going from true to false, via `observe(output)`) and whenever `request()` is called (the
 model's delegate signal, a client, a timer). A task waits for the user's last words to be transcribed, sends
 the whole conversation record to the backend, runs the tools the backend calls, and streams the answer into
-`session.push_background` sentence by sentence as it arrives. A newer task supersedes a running one (the
-conversation moved on). A backend that fails or exceeds `WorkerConfig.timeout_s` ends the task as failed
-and the session gets a short apology to voice; the engine never waits on any of this.
+`session.push_background` sentence by sentence as it arrives. A newer task supersedes (cancels) a running
+one (the conversation moved on) once it has the user's words: a turn end in which Whisper heard no words
+(a cough, noise, the floor head flickering) leaves the running answer alone. A backend that fails or
+exceeds `WorkerConfig.timeout_s` ends the task as failed and the session gets a short apology to voice;
+the engine never waits on any of this.
 
 Events (`on_event(dict)`, called on the worker's event loop), the duplex extension's
 `microturn.background`: {"task_id", "reason", "status": started | progress | done | failed | cancelled,
 "text" (progress: the sentence delivered; done: the whole answer), "tool" (progress: a tool was called),
 "error" (failed)}.
+
+The trigger (`turn_end_trigger`) and the task (`run_task`: context package, backend, tools, sentences,
+timeout, apology) are module functions, shared with the offline loop's simulated-clock background
+(`background.offline.SimulatedBackground`), so the live and the offline background are one code path.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from microturn.background.backends import Backend, ToolCall
@@ -72,6 +78,112 @@ def _is_none(text: str) -> bool:
     return re.sub(r"[^a-z]", "", text.lower()) == "none"
 
 
+def turn_end_trigger(
+    record: ConversationRecord, output: MicroTurnOutput, config: WorkerConfig
+) -> Segment | None:
+    """The trigger, shared by the live worker and the offline simulation (`background.offline`): feed one
+    micro-turn's output to the record; a user turn end as the interaction model itself perceived it (its
+    floor head's `user_speaking` going false) returns the user's speech segment, whose transcription is then
+    under way, and starts a task when `config.on_turn_end`."""
+    segment = record.observe_output(output)
+    return segment if config.on_turn_end else None
+
+
+async def run_task(
+    reason: str,
+    segment: Segment | None,
+    *,
+    record: ConversationRecord,
+    transcript: Callable[[], list[dict]],
+    backend: Backend,
+    tools: ToolRegistry,
+    config: WorkerConfig,
+    push: Callable[[str], None],
+    emit: Callable[..., None],
+    supersede: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """One background task, the same code live and offline: wait for the user's words, `supersede` the
+    older tasks (only now: a turn end without words leaves a running answer alone), send the whole
+    conversation record (`transcript()`: the assistant's words as said), run the tools the backend calls,
+    `push` the answer sentence by sentence, and report through `emit(status, **fields)`. A backend that
+    fails or exceeds `config.timeout_s` ends the task as failed (the apology is pushed if nothing was);
+    cancellation (a newer task) is reported and re-raised."""
+    try:
+        await asyncio.to_thread(record.wait, config.transcribe_timeout_s)
+    except Exception as exc:  # a failed transcription leaves the record without those words
+        emit("progress", error=f"transcription failed: {exc!r}")
+    words = transcript()
+    utterances = record.utterances(words)
+    if segment is not None and not any(u.speaker == "user" and u.end >= segment.start for u in utterances):
+        return  # the model perceived speech but Whisper heard no words: nothing to answer
+    if supersede is not None:
+        await supersede()
+    messages = record.messages(config.system_prompt, words)
+    emit("started", messages=messages)
+    delivered: list[str] = []
+    try:
+        async with asyncio.timeout(config.timeout_s):
+            await _answer(backend, tools, config, messages, delivered, push, emit)
+    except asyncio.CancelledError:
+        emit("cancelled", text=" ".join(delivered))
+        raise
+    except Exception as exc:  # slow, failing, malformed: the conversation goes on without the answer
+        error = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        if not delivered:
+            push(config.apology)
+        emit("failed", error=error, text=" ".join(delivered))
+        return
+    emit("done", text=" ".join(delivered))
+
+
+async def _answer(
+    backend: Backend,
+    tools: ToolRegistry,
+    config: WorkerConfig,
+    messages: list[dict],
+    delivered: list[str],
+    push: Callable[[str], None],
+    emit: Callable[..., None],
+) -> None:
+    def deliver(sentence: str) -> None:
+        sentence = _TIME_TAG.sub("", sentence).strip()
+        if not sentence or _is_none(sentence) or sentence in delivered:  # small models loop
+            return
+        push(sentence + " ")
+        delivered.append(sentence)
+        emit("progress", text=sentence)
+
+    for _round in range(config.max_tool_rounds + 1):
+        buffer, calls = "", []
+        schemas = tools.schemas() if _round < config.max_tool_rounds else []
+        async for piece in backend.complete(messages, schemas):
+            if isinstance(piece, ToolCall):
+                calls.append(piece)
+                continue
+            buffer += piece
+            sentences, buffer = split_sentences(buffer)
+            for sentence in sentences:
+                deliver(sentence)
+        if buffer.strip():
+            deliver(buffer.strip())
+        if not calls:
+            return
+        messages = messages + [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in calls
+                ],
+            }
+        ]
+        for call in calls:
+            emit("progress", tool=call.name)
+            result = await tools.call(call.name, call.arguments)
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+
+
 class BackgroundWorker:
     def __init__(
         self,
@@ -91,7 +203,8 @@ class BackgroundWorker:
         self.own_loop = LoopThread() if loop is None else None
         self.loop = loop or self.own_loop.loop
         self.record = record or ConversationRecord(turn_s=session.turn_s)
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task | None = None  # the newest task
+        self._running: dict[int, asyncio.Task] = {}
         self.events: list[dict] = []  # every event so far (evaluation and tests read them)
         self._count = 0
         session.input_tap = self.record.observe_input
@@ -99,8 +212,8 @@ class BackgroundWorker:
     # ---- any thread ----
     def observe(self, output: MicroTurnOutput) -> None:
         """Feed every micro-turn's output (from the engine callback); a user turn end starts a task."""
-        segment = self.record.observe_output(output)
-        if segment is not None and self.config.on_turn_end:
+        segment = turn_end_trigger(self.record, output, self.config)
+        if segment is not None:
             self.loop.call_soon_threadsafe(self._start, "turn_end", segment)
 
     def request(self, reason: str = "request") -> None:
@@ -112,9 +225,10 @@ class BackgroundWorker:
 
         async def shutdown() -> None:
             self.timers.cancel_all()
-            if self.task is not None and not self.task.done():
-                self.task.cancel()
-                await asyncio.gather(self.task, return_exceptions=True)
+            running = [t for t in self._running.values() if not t.done()]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
         self.session.input_tap = None
         if self.own_loop is not None:
@@ -126,89 +240,39 @@ class BackgroundWorker:
 
     # ---- the loop ----
     def _emit(self, task_id: str, reason: str, status: str, **fields) -> None:
+        fields.pop("messages", None)  # the context package: offline records keep it, events do not
         event = {"task_id": task_id, "reason": reason, "status": status, "time": time.monotonic(), **fields}
         self.events.append(event)
         if self.on_event is not None:
             self.on_event({k: v for k, v in event.items() if k != "time"})
 
     def _start(self, reason: str, segment: Segment | None) -> None:
-        if self.task is not None and not self.task.done():
-            self.task.cancel()  # superseded: the conversation moved on
         self._count += 1
-        self.task = self.loop.create_task(self._run(f"bg{self._count}", reason, segment))
+        number, task_id = self._count, f"bg{self._count}"
+
+        async def supersede() -> None:  # the conversation moved on: older tasks are cancelled
+            older = [t for n, t in self._running.items() if n < number and not t.done()]
+            for task in older:
+                task.cancel()
+            await asyncio.gather(*older, return_exceptions=True)
+
+        self.task = self.loop.create_task(
+            run_task(
+                reason,
+                segment,
+                record=self.record,
+                transcript=lambda: list(self.session.transcript),
+                backend=self.backend,
+                tools=self.tools,
+                config=self.config,
+                push=self.session.push_background,
+                emit=lambda status, **fields: self._emit(task_id, reason, status, **fields),
+                supersede=supersede,
+            )
+        )
+        self._running[number] = self.task
+        self.task.add_done_callback(lambda _task: self._running.pop(number, None))
 
     def _timer_expired(self, text: str) -> None:
         self.session.push_background(text)
         self._emit("timer", "timer", "done", text=text)
-
-    async def _run(self, task_id: str, reason: str, segment: Segment | None) -> None:
-        try:
-            await asyncio.to_thread(self.record.wait, self.config.transcribe_timeout_s)
-        except Exception as exc:  # a failed transcription leaves the record without those words
-            self._emit(task_id, reason, "progress", error=f"transcription failed: {exc!r}")
-        words = list(self.session.transcript)
-        utterances = self.record.utterances(words)
-        if segment is not None and not any(
-            u.speaker == "user" and u.end >= segment.start for u in utterances
-        ):
-            return  # the model perceived speech but Whisper heard no words: nothing to answer
-        self._emit(task_id, reason, "started")
-        delivered: list[str] = []
-        try:
-            async with asyncio.timeout(self.config.timeout_s):
-                await self._answer(
-                    task_id, reason, self.record.messages(self.config.system_prompt, words), delivered
-                )
-        except asyncio.CancelledError:
-            self._emit(task_id, reason, "cancelled", text=" ".join(delivered))
-            raise
-        except Exception as exc:  # slow, failing, malformed: the conversation goes on without the answer
-            error = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            if not delivered:
-                self.session.push_background(self.config.apology)
-            self._emit(task_id, reason, "failed", error=error, text=" ".join(delivered))
-            return
-        self._emit(task_id, reason, "done", text=" ".join(delivered))
-
-    async def _answer(self, task_id: str, reason: str, messages: list[dict], delivered: list[str]) -> None:
-        def deliver(sentence: str) -> None:
-            sentence = _TIME_TAG.sub("", sentence).strip()
-            if not sentence or _is_none(sentence) or sentence in delivered:  # small models loop
-                return
-            self.session.push_background(sentence + " ")
-            delivered.append(sentence)
-            self._emit(task_id, reason, "progress", text=sentence)
-
-        for _round in range(self.config.max_tool_rounds + 1):
-            buffer, calls = "", []
-            tools = self.tools.schemas() if _round < self.config.max_tool_rounds else []
-            async for piece in self.backend.complete(messages, tools):
-                if isinstance(piece, ToolCall):
-                    calls.append(piece)
-                    continue
-                buffer += piece
-                sentences, buffer = split_sentences(buffer)
-                for sentence in sentences:
-                    deliver(sentence)
-            if buffer.strip():
-                deliver(buffer.strip())
-            if not calls:
-                return
-            messages = messages + [
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": c.id,
-                            "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments},
-                        }
-                        for c in calls
-                    ],
-                }
-            ]
-            for call in calls:
-                self._emit(task_id, reason, "progress", tool=call.name)
-                result = await self.tools.call(call.name, call.arguments)
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})

@@ -11,6 +11,24 @@ from pathlib import Path
 SYSTEMS = ("model", "harness")
 
 
+def _background_model(args: argparse.Namespace):
+    """None for `oracle`; else the real background model on the loop's simulated clock, loaded once (the
+    backend's model and Whisper warmed up, so no task's latency counts loading), shared by the systems."""
+    if args.background == "oracle":
+        return None
+    if getattr(args, "_background_model", None) is None:
+        from microturn.background.backends import backend_from_spec
+        from microturn.background.offline import SimulatedBackground
+        from microturn.background.worker import WorkerConfig
+
+        backend = backend_from_spec(args.background)
+        if backend is None:
+            raise ValueError("--background off: use oracle, embedded or a URL")
+        args._background_model = SimulatedBackground(backend, WorkerConfig(timeout_s=args.background_timeout))
+        args._background_model.warm_up()
+    return args._background_model
+
+
 def _model_factory(args: argparse.Namespace):
     import torch
 
@@ -20,13 +38,22 @@ def _model_factory(args: argparse.Namespace):
 
     torch.set_num_threads(1)  # the real-time budget is one core per engine, as live
     models = load_runtime(args.checkpoint)
-    return lambda: ModelSystem(models.model, models.tokenizer, models.vocoder, EngineConfig(), seed=args.seed)
+    background = _background_model(args)
+    return lambda: ModelSystem(
+        models.model,
+        models.tokenizer,
+        models.vocoder,
+        EngineConfig(),
+        seed=args.seed,
+        background_model=background,
+    )
 
 
 def _harness_factory(args: argparse.Namespace):
     from microturn.eval.harness import CascadeHarness
 
-    harness = CascadeHarness()  # loads Whisper, piper and the VAD once; reset() starts each sample afresh
+    # loads Whisper, piper and the VAD once; reset() starts each sample afresh
+    harness = CascadeHarness(background_model=_background_model(args))
     return lambda: harness
 
 
@@ -81,7 +108,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fdb.add_argument("dir", help="folder of sample folders (input.wav + the task's annotation JSON)")
     fdb.add_argument("--system", choices=[*SYSTEMS, "both"], default="both")
     fdb.add_argument("--checkpoint", default=None, help="model checkpoint folder (default: the embedded one)")
-    fdb.add_argument("--background", default="oracle", help="oracle (embedded and URL: not available yet)")
+    fdb.add_argument(
+        "--background",
+        default="oracle",
+        help="oracle (the held-out reply text at the corpus's delay), embedded (SmolLM2) or an "
+        "OpenAI-compatible base URL[#model]: the real background model, its latency measured",
+    )
+    fdb.add_argument(
+        "--background-timeout", type=float, default=30.0, help="seconds a background task may take (as live)"
+    )
     fdb.add_argument("--task", default=None, help="only accept folders of this task")
     fdb.add_argument("--out", default="out/fdbench", help="where outputs, report.md and plots go")
     fdb.add_argument("--json", default=None, help="also write the flat metrics here")

@@ -7,7 +7,12 @@
 - ASR: faster-whisper (tiny.en) on the user's turn, with 300 ms of audio before the speech onset, run
   inside step() at the end of turn so that the streaming loop counts its compute.
 - The reply: the next background text available (oracle or real), the earliest unused item whose time
-  has passed; if none has arrived yet the system waits for it.
+  has passed; if none has arrived yet the system waits for it. With a real background model on the
+  loop's simulated clock (`background_model`, `background.offline.SimulatedBackground`), the task is
+  started at the harness's own end of turn (its "user speaking" perception is the turn as its VAD and
+  500 ms rule see it), the background's Whisper is the cascade's ASR (so the turn is not transcribed a
+  second time inside step()), and the reply is that task's answer, spoken sentence by sentence as it
+  streams in; a barge-in drops the rest of it.
 - Speech: piper joe, synthesised sentence by sentence (the first sentence plays while the next is made),
   resampled to 16 kHz and emitted 3,200 samples per step.
 """
@@ -24,7 +29,8 @@ import torch
 
 from microturn.audio import SAMPLE_RATE, MicroTurn, resample
 from microturn.eval.transcribe import transcribe
-from microturn.runtime.system import BackgroundText, StepResult
+from microturn.runtime.session import MicroTurnOutput
+from microturn.runtime.system import BackgroundText, OfflineBackground, StepResult
 
 VAD_WINDOW = 512  # silero-vad's window at 16 kHz (32 ms)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -105,10 +111,13 @@ class _Reply:
 class CascadeHarness:
     """DuplexSystem: see the module docstring."""
 
-    def __init__(self, config: HarnessConfig | None = None):
+    def __init__(
+        self, config: HarnessConfig | None = None, background_model: OfflineBackground | None = None
+    ):
         from silero_vad import load_silero_vad
 
         self.config = config or HarnessConfig()
+        self.background_model = background_model
         self.chunk_samples = MicroTurn().samples
         self.vad = load_silero_vad(onnx=True)  # its own instance: the VAD state is per session
         warm_up()
@@ -129,6 +138,19 @@ class CascadeHarness:
         self.reply: _Reply | None = None
         self.transcripts: list[tuple[float, str]] = []  # (end of turn time, text): for inspection
         self.events: list[tuple[float, str]] = []  # (time, "barge_in" | "end_of_turn" | "reply")
+        # with a real background model: the task started at the last end of turn (its answer is the reply),
+        # the words said with their play times (what the background model is sent), this step's output
+        self.expected_task: str | None = None
+        self.said: list[dict] = []
+        self.end_of_turn = False
+        self.last_step: StepResult | None = None
+        if self.background_model is not None:
+            self.background_model.reset()
+
+    @property
+    def background_log(self) -> list[dict] | None:
+        """The background model's task records of the current session (None without one)."""
+        return None if self.background_model is None else self.background_model.tasks
 
     @property
     def speaking(self) -> bool:
@@ -161,40 +183,93 @@ class CascadeHarness:
         return began
 
     def _take_background(self, now: float) -> str | None:
-        if self.next_background < len(self.background) and self.background[self.next_background].time <= now:
+        while (
+            self.next_background < len(self.background) and self.background[self.next_background].time <= now
+        ):
+            item = self.background[self.next_background]
             self.next_background += 1
-            return self.background[self.next_background - 1].text
+            # a real background's answer counts only if it is the task of the last end of turn
+            if item.task is None or item.task == self.expected_task:
+                return item.text
         return None
 
     def step(self, chunk: np.ndarray) -> StepResult:
         if chunk.shape != (self.chunk_samples,):
             raise ValueError(f"harness step needs {self.chunk_samples} samples, got shape {chunk.shape}")
         chunk = chunk.astype(np.float32, copy=False)
+        turn_index = self.samples_in // self.chunk_samples
         self.samples_in += len(chunk)
         now = self.samples_in / SAMPLE_RATE
+        live = self.background_model is not None
+        if live:
+            self.background_model.observe_input(turn_index, chunk)
+            self.background.extend(self.background_model.take(turn_index))
         began = self._listen(chunk)
         floor = "listening"
+        self.end_of_turn = False
         if began:
             self.awaiting_reply = False  # the user goes on: wait for the new end of turn
             if self.speaking:
                 self.reply = None
+                self.expected_task = None  # the rest of that answer is dropped
                 self.events.append((now, "barge_in"))
                 floor = "yielding"
         if self.heard_speech and not self.user_speaking:
             if self.silence_samples >= self.config.end_of_turn_silence_s * SAMPLE_RATE:
-                turn = np.concatenate(self.turn_audio)
-                self.transcripts.append((now, transcribe(turn, beam_size=self.config.asr_beam_size)["text"]))
+                if not live:  # with a real background model, its Whisper is the cascade's ASR
+                    turn = np.concatenate(self.turn_audio)
+                    text = transcribe(turn, beam_size=self.config.asr_beam_size)["text"]
+                    self.transcripts.append((now, text))
                 self.events.append((now, "end_of_turn"))
                 self.heard_speech = False
                 self.turn_audio = []
                 self.awaiting_reply = True
+                self.end_of_turn = True
+                self.expected_task = None  # until after_step starts the new task
         if self.awaiting_reply and not self.user_speaking:
             text = self._take_background(now)
             if text is not None and text.strip():
                 self.awaiting_reply = False
                 self.reply = _Reply(deque(s for s in _SENTENCE_END.split(text.strip()) if s))
                 self.events.append((now, "reply"))
-        return self._speak(floor)
+        elif live and not self.awaiting_reply and not self.heard_speech and self.expected_task is not None:
+            # the answer streams in: its later sentences continue the reply (or restart it once it ended)
+            text = self._take_background(now)
+            if text is not None and text.strip():
+                sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+                if self.reply is not None:
+                    self.reply.sentences.extend(sentences)
+                else:
+                    self.reply = _Reply(deque(sentences))
+        self.last_step = self._speak(floor)
+        return self.last_step
+
+    def after_step(self, index: int, done_s: float, play_s: float) -> None:
+        """The loop's hook: the background model sees this step as the harness perceived it (its own turn
+        as the user speaking, its words at their play times); an end of turn starts the task whose answer
+        the harness then waits for."""
+        if self.background_model is None or self.last_step is None:
+            return
+        step = self.last_step
+        n = len(step.words)
+        words = [
+            {"text": w, "start": round(play_s + i * 0.2 / n, 3), "end": round(play_s + (i + 1) * 0.2 / n, 3)}
+            for i, w in enumerate(step.words)
+        ]
+        self.said.extend(words)
+        output = MicroTurnOutput(
+            index=index,
+            start=(index + 1) * self.chunk_samples / SAMPLE_RATE,
+            audio_16k=step.audio,
+            audio_24k=np.zeros(0, np.float32),
+            words=words,
+            floor=step.floor,
+            speaking=step.floor in ("speaking", "backchannel"),
+            user_speaking=self.heard_speech,
+        )
+        self.background_model.observe(output, done_s, list(self.said))
+        if self.end_of_turn:
+            self.expected_task = self.background_model.current_task
 
     def _speak(self, floor: str) -> StepResult:
         n = self.chunk_samples

@@ -80,6 +80,38 @@ def sample_timeline(record: dict, path: Path, title: str) -> None:
     )
 
 
+BACKGROUND_COLUMNS = [
+    ("bg_tasks", "tasks"),
+    ("bg_failed", "failed"),
+    ("bg_cancelled", "superseded"),
+    ("bg_first_text_s_p50", "first text s p50"),
+    ("bg_first_text_s_p90", "first text s p90"),
+    ("bg_answer_s_p50", "whole answer s p50"),
+    ("bg_answer_s_p90", "whole answer s p90"),
+]
+
+
+def background_table(labels: list[str], runs: list[BenchRun]) -> list[str]:
+    """The real background model's tasks and latencies (from a trigger to its first sentence and to the end
+    of its answer, measured), for the runs that had one."""
+    rows = [(label, run) for label, run in zip(labels, runs, strict=True) if "bg_tasks" in run.metrics]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Background model: tasks started at the system's turn ends (`bg_triggers` minus those where Whisper "
+        "heard no words), and the measured latency from the trigger to the first sentence and to the "
+        "whole answer entering the system's background input.",
+        "",
+        "| system | background | " + " | ".join(t for _, t in BACKGROUND_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(BACKGROUND_COLUMNS),
+    ]
+    for label, run in rows:
+        cells = [_cell(run.metrics.get(k)) for k, _ in BACKGROUND_COLUMNS]
+        lines.append(f"| {label} | {run.background} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int = 1) -> Path:
     """Write report.md, metrics.json, latency_hist.png and timelines of the worst samples into out_dir."""
     out_dir = Path(out_dir)
@@ -130,9 +162,11 @@ def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int 
         "# Full-Duplex-Bench evaluation",
         "",
         "Metrics as defined in docs/evaluation.md. Background mode: `oracle` feeds the held-out reply text "
-        "at the corpus's delay (isolates the interaction timing); available modes: "
+        "at the corpus's delay (isolates the interaction timing); `embedded` (SmolLM2) or a URL (an "
+        "OpenAI-compatible endpoint) run the real background model at each of the system's own turn ends, "
+        "its answer arriving as late as the measured call took (modes: "
         + ", ".join(f"`{m}`" for m in BACKGROUND_MODES)
-        + " (`embedded` and a URL, the real background model, come with the background model).",
+        + ").",
         "",
         "| system | background | "
         + ("input | " if show_input else "")
@@ -163,6 +197,7 @@ def write_report(out_dir: str | Path, runs: list[BenchRun], worst_per_task: int 
             lines.append(
                 f"| {label} | " + " | ".join(cells) + f" | {_cell(run.metrics.get('speech_words'))} |"
             )
+    lines += background_table(labels, runs)
     lines += ["", "![latencies](latency_hist.png)", "", "## Worst samples", ""]
     lines += [f"![{name}]({name})" for name in timelines]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")

@@ -32,7 +32,16 @@ from microturn.runtime.system import DuplexSystem
 # with the input, or the loop's StreamRun (`runtime.stream_loop.run_stream`: the output, the words said
 # with their play times, and the input heard); `feedback=` is passed only when the run has an echo
 StreamFn = Callable[..., np.ndarray | StreamRun]
-BACKGROUND_MODES = ("oracle",)  # `embedded` and a URL come with the background model
+# where the content comes from: the sample's background.json at its times, or a real background model on
+# the loop's simulated clock (`background.offline`): the embedded SmolLM2 or an OpenAI-compatible URL
+BACKGROUND_MODES = ("oracle", "embedded", "URL")
+
+
+def check_background_mode(mode: str) -> str:
+    """`oracle`, `embedded` or an http(s):// base URL (optionally `URL#model`); ValueError otherwise."""
+    if mode in ("oracle", "embedded") or mode.startswith(("http://", "https://")):
+        return mode
+    raise ValueError(f"background mode {mode!r}: expected oracle, embedded or an http(s):// URL")
 
 
 @dataclass(frozen=True)
@@ -120,10 +129,7 @@ def run_fdbench(
     output.wav is the input it heard); it needs a `stream` that takes `feedback=`, as `run_stream` does.
     `per_folder` keeps only the first N samples (sorted) of each folder of samples (a task folder), for
     quick subsets."""
-    if background_mode not in BACKGROUND_MODES:
-        raise ValueError(
-            f"background mode {background_mode!r} is not available yet (only {', '.join(BACKGROUND_MODES)})"
-        )
+    check_background_mode(background_mode)
     data_dir = Path(data_dir)
     folders = find_sample_dirs(data_dir)
     if per_folder is not None:
@@ -145,7 +151,16 @@ def run_fdbench(
         if echo is not None:
             feedback["feedback"] = path = echo.path(str(rel))
             extra["echo_delay_ms"] = round(path.delay_s * 1000.0, 1)
-        result = stream(system_factory(), sample.input, sample.background, **feedback)
+        system = system_factory()
+        if background_mode == "oracle":
+            background = sample.background
+        elif getattr(system, "background_model", None) is None:
+            raise ValueError(f"{system_name}: background mode {background_mode!r} needs a background_model")
+        else:
+            background = []  # the real background model's answers, never the held-out text
+        result = stream(system, sample.input, background, **feedback)
+        if (tasks := getattr(system, "background_log", None)) is not None:
+            extra["background"] = list(tasks)  # trigger times, latencies, the text delivered
         said = None
         if isinstance(result, StreamRun):
             said = result.words
@@ -172,4 +187,9 @@ def run_fdbench(
         }
         records.append(record)
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return BenchRun(system_name, background_mode, fdbench.aggregate(records), records, run_dir, echo)
+    metrics = fdbench.aggregate(records)
+    if background_mode != "oracle":
+        from microturn.background.offline import background_stats
+
+        metrics.update(background_stats([t for r in records for t in r.get("background", [])]))
+    return BenchRun(system_name, background_mode, metrics, records, run_dir, echo)

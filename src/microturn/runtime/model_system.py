@@ -2,7 +2,10 @@
 
 `simulate` and `eval fdbench` drive it through `stream_loop.run_stream`, the same loop as the harness
 baseline. Background text is released to the session at the first micro-turn whose step could have seen
-it (`model.queues.arrival_turn`, the rule the training data uses).
+it (`model.queues.arrival_turn`, the rule the training data uses). With a `background_model` (an
+`OfflineBackground`, e.g. `background.offline.SimulatedBackground`) the text comes instead from a real
+background model on the loop's simulated clock: it hears the session's input, sees each step's output in
+`after_step` (not counted as the step's compute), and its answers are released the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from microturn.model.queues import arrival_turn
 from microturn.model.tokenizer import TextTokenizer
 from microturn.runtime.engine import Engine, EngineConfig
 from microturn.runtime.session import MicroTurnOutput, Session
-from microturn.runtime.system import BackgroundText, StepResult
+from microturn.runtime.system import BackgroundText, OfflineBackground, StepResult
 from microturn.runtime.vocoder import Vocoder
 
 
@@ -27,18 +30,29 @@ class ModelSystem:
         vocoder: Vocoder,
         config: EngineConfig | None = None,
         seed: int = 0,
+        background_model: OfflineBackground | None = None,
     ):
         self.engine = Engine(config or EngineConfig(), model, tokenizer, vocoder)
         self.seed = seed
         self.session: Session | None = None
         self.background: list[BackgroundText] = []
         self.last_output: MicroTurnOutput | None = None  # the full output of the last step (words with times)
+        self.background_model = background_model
+
+    @property
+    def background_log(self) -> list[dict] | None:
+        """The background model's task records of the current session (None without one)."""
+        return None if self.background_model is None else self.background_model.tasks
 
     def reset(self, background: list[BackgroundText]) -> None:
         if self.session is not None:
             self.engine.close_session(self.session)
         self.session = self.engine.open_session(seed=self.seed)
         self.background = sorted(background, key=lambda b: b.time)
+        self.last_output = None
+        if self.background_model is not None:
+            self.background_model.reset()
+            self.session.input_tap = self.background_model.observe_input
 
     def step(self, chunk: np.ndarray) -> StepResult:
         if self.session is None:
@@ -46,7 +60,15 @@ class ModelSystem:
         session = self.session
         while self.background and arrival_turn(self.background[0].time, self.engine.turn_s) <= session.turn:
             session.push_background(self.background.pop(0).text)
+        if self.background_model is not None:
+            for item in self.background_model.take(session.turn):
+                session.push_background(item.text)
         session.push_audio(np.asarray(chunk, dtype=np.float32), SAMPLE_RATE)
         out = self.engine.step_once()[session]
         self.last_output = out
         return StepResult(audio=out.audio_16k, words=[w["text"] for w in out.words], floor=out.floor)
+
+    def after_step(self, index: int, done_s: float, play_s: float) -> None:
+        """The loop's hook after step `index`: the background model sees its output at `done_s`."""
+        if self.background_model is not None and self.last_output is not None:
+            self.background_model.observe(self.last_output, done_s, list(self.session.transcript))

@@ -16,6 +16,10 @@ input what the microphone picks up of the output already played while that input
 hears the input of [tT, (t+1)T) plus feedback(output[tT:(t+1)T]). Those output samples are final by then
 (steps < t placed them; step t's own audio plays from done_t >= (t+1)T, and a later yield clears only
 after its own done time), so the path is causal; the input the system heard is kept in `StreamRun.heard`.
+
+A system with an `after_step(index, done_s, play_s)` method is called after each step, outside the
+measured compute, with the step's done and play times: the offline background model runs there, on its
+own measured clock (`background.offline`).
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ def run_stream(
     if feedback is not None:
         run.heard = np.zeros(math.ceil(n / hop) * hop, dtype=np.float32)
     system.reset(list(background or []))
+    after_step = getattr(system, "after_step", None)
     done = 0.0
     play_end = 0  # sample where the previous step's audio ends
     for t in range(math.ceil(n / hop)):
@@ -129,6 +134,8 @@ def run_stream(
         run.steps.append(
             StepRecord(t, compute * 1000.0, done, start / SAMPLE_RATE, result.floor, list(result.words))
         )
+        if after_step is not None:
+            after_step(t, done, start / SAMPLE_RATE)
     if run.heard is not None:
         run.heard = run.heard[:n]
     return run
