@@ -163,3 +163,16 @@ def test_cli_runs_on_a_tiny_episode(tmp_path, request):
     assert len((out / "model" / "episodes.jsonl").read_text().splitlines()) == 1
     episode = next(p for p in (out / "model").iterdir() if p.is_dir())
     assert {p.name for p in episode.iterdir()} == {"output.wav", "output.json", "text.json"}
+
+
+def test_sounding_segments_bridge_pad_and_cut():
+    from microturn.eval.proactive import sounding_segments
+
+    x = np.zeros(40 * 16_000, np.float32)
+    for a, b in ((1.0, 1.5), (1.7, 2.0), (5.0, 5.3), (10.0, 38.0)):
+        x[int(a * 16_000) : int(b * 16_000)] = 0.1
+    segments = sounding_segments(x)
+    expected = [(0.75, 2.25), (4.75, 5.55), (9.75, 34.75), (34.75, 38.25)]  # bridged, padded, cut at 25 s
+    assert len(segments) == len(expected)
+    for (a, b), (c, d) in zip(segments, expected, strict=True):
+        assert a == pytest.approx(c, abs=1e-6) and b == pytest.approx(d, abs=1e-6)

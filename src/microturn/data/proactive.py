@@ -127,20 +127,11 @@ CUE_WORDS = (
     "banana", "pineapple", "purple", "rocket", "zebra", "umbrella", "tango", "kangaroo", "avocado",
     "volcano", "jellyfish", "lighthouse", "octopus", "waffle", "sunflower", "dinosaur",
 )  # fmt: skip
+# replies Whisper tiny.en transcribes right when piper joe says them alone (the evaluation hears them so)
 CUE_REPLIES = (
-    "bingo",
-    "bravo",
-    "hooray",
-    "beep",
-    "check",
-    "yes",
-    "ding",
-    "gotcha",
-    "boom",
-    "jackpot",
-    "nice",
-    "got it",
-)
+    "bingo", "hooray", "check", "gotcha", "nice", "yay", "perfect", "correct", "awesome", "cheers",
+    "score", "wow", "excellent", "splendid", "cool",
+)  # fmt: skip
 _ONES = (
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
     "sixteen seventeen eighteen nineteen"

@@ -41,10 +41,13 @@ SYSTEMS = ("model", "harness")
 SOURCES = ("speech", "text")  # transcribed output audio (primary) | the emitted text timeline (secondary)
 DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "cache" / "proactive_eval"
 DEFAULT_DATA_SEED = 9000  # the generated held-out set: test split, this seed + shape index
-VISUAL_WINDOW = (0.0, 3.0)  # seconds after the change
+# Windows in seconds around each event; the lower bounds include 0.3 s of slack for Whisper's word
+# starts, which come up to ~0.25 s early on short padded clips (the same slack applies to the text source).
+ASR_SLACK_S = 0.3
+VISUAL_WINDOW = (-ASR_SLACK_S, 3.0)  # after the change
 TIMER_WINDOW = (-1.0, 2.0)  # around a reminder's / timer's due time
-ELAPSED_WINDOW = (0.0, 3.0)  # after the question "how long did that take?" ends
-CUE_WINDOW = (0.0, 2.0)  # after the cue word ends
+ELAPSED_WINDOW = (-ASR_SLACK_S, 3.0)  # after the question "how long did that take?" ends
+CUE_WINDOW = (-ASR_SLACK_S, 2.0)  # after the cue word ends
 KEYWORDS = {  # visual_cue: words that name the change (any one counts)
     "light": {"green"},
     "ball": {"stopped", "stop", "stops"},
@@ -171,7 +174,7 @@ def score_episode(shape: str, events: list[Event], asked_at: float, words: list[
     elif shape == "cue_word":
         for e in (e for e in truth if e.type == "cue"):
             keys = {w for w, _ in tokens([TimedWord(e.text or "", 0, 0)])}
-            hit = any(_inside(t, e.end, CUE_WINDOW) for t in _mentions(toks, keys, e.end))
+            hit = any(_inside(t, e.end, CUE_WINDOW) for t in _mentions(toks, keys, e.end + CUE_WINDOW[0]))
             records.append({"metric": "cue", "kind": e.detail.get("kind", ""), "value": float(hit)})
     return records
 
@@ -200,6 +203,57 @@ def aggregate(records: list[dict]) -> dict:
                 out[f"{metric}_{k}"] = round(v, 4)
         out[f"n_{metric}"] = len(items)
     return out
+
+
+# --- transcription ------------------------------------------------------------------------------------------
+SEGMENT_BRIDGE_S = 0.4  # non-quiet stretches closer than this are one segment
+SEGMENT_PAD_S = 0.25
+SEGMENT_MAX_S = 25.0  # Whisper reads 30 s windows
+
+
+def sounding_segments(samples: np.ndarray) -> list[tuple[float, float]]:
+    """Stretches of non-quiet output (the energy gate of `eval.activity`), bridged over short gaps, padded,
+    and cut to at most SEGMENT_MAX_S."""
+    from microturn.audio import SAMPLE_RATE
+    from microturn.eval.activity import FRAME_S, QUIET_RMS, frame_rms
+
+    loud = np.flatnonzero(frame_rms(samples) >= QUIET_RMS)
+    if len(loud) == 0:
+        return []
+    spans: list[list[float]] = []
+    for f in loud:
+        t0, t1 = f * FRAME_S, (f + 1) * FRAME_S
+        if spans and t0 - spans[-1][1] <= SEGMENT_BRIDGE_S:
+            spans[-1][1] = t1
+        else:
+            spans.append([t0, t1])
+    end = len(samples) / SAMPLE_RATE
+    out = []
+    for a, b in spans:
+        a, b = max(0.0, a - SEGMENT_PAD_S), min(end, b + SEGMENT_PAD_S)
+        while b - a > SEGMENT_MAX_S:
+            out.append((a, a + SEGMENT_MAX_S))
+            a += SEGMENT_MAX_S
+        out.append((a, b))
+    return out
+
+
+def transcribe_segments(samples: np.ndarray) -> dict:
+    """Whisper tiny.en (`eval.transcribe`) on each sounding segment on its own, words shifted to episode
+    time, in the output.json schema. Short isolated words ("two.", "bingo.") in a long, mostly silent
+    output are missed or mistimed when the whole file is transcribed at once; segment by segment the
+    reference assistant of the held-out episodes scores near its text score."""
+    from microturn.audio import SAMPLE_RATE
+    from microturn.eval.transcribe import transcribe
+
+    chunks, texts = [], []
+    for a, b in sounding_segments(samples):
+        part = transcribe(samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)])
+        texts.append(part["text"])
+        for c in part["chunks"]:
+            t0, t1 = c["timestamp"]
+            chunks.append({"text": c["text"], "timestamp": [round(a + t0, 3), round(a + t1, 3)]})
+    return {"text": " ".join(t for t in texts if t), "chunks": chunks}
 
 
 # --- episodes ---------------------------------------------------------------------------------------------
@@ -287,10 +341,9 @@ def run_proactive(
 
     from microturn.audio import write_wav
     from microturn.eval.fdbench import words_from_transcript
-    from microturn.eval.transcribe import transcribe
     from microturn.runtime.stream_loop import run_stream
 
-    transcribe_output = transcribe_output or transcribe
+    transcribe_output = transcribe_output or transcribe_segments
     run_dir = Path(out_dir) / system_name
     records, per_source = [], {s: [] for s in SOURCES}
     for folder in tqdm(folders, desc=f"proactive {system_name}", unit="episode"):
