@@ -132,6 +132,9 @@ class Session:
         self.closed = False
         self._video: np.ndarray | None = None
         self._last_video_turn: int | None = None
+        self.last_video: np.ndarray | None = None  # the latest frame pushed (kept after the model took it)
+        self.video_frames = 0  # frames pushed
+        self.video_used = 0  # frames the model was given (at most one per video_interval_turns)
         self._force_speech = 0  # micro-turns of forced speech left (request_speech)
         self._hold_silence = False  # cancel_speech: silent until the model itself stops wanting to speak
         self._was_speaking = False
@@ -166,7 +169,8 @@ class Session:
                 f"video frames must be RGB uint8 [height, width, 3], got {frame.dtype} {frame.shape}"
             )
         with self._lock:
-            self._video = frame
+            self._video = self.last_video = frame
+            self.video_frames += 1
 
     def request_speech(self, turns: int = 1) -> None:
         """Open the speaking gate for the next `turns` micro-turns (a client's response.create)."""
@@ -193,6 +197,7 @@ class Session:
             return None
         frame = torch.from_numpy(self._video).permute(2, 0, 1)[None].float() / 255.0
         self._video, self._last_video_turn = None, self.turn
+        self.video_used += 1
         return F.interpolate(frame, size=(self.video_size, self.video_size), mode="bilinear", antialias=True)[
             0
         ]

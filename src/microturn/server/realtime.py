@@ -20,7 +20,6 @@ input, its progress goes out as `microturn.background` events, and the tools a c
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections import OrderedDict
@@ -28,14 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from microturn.background.tools import ClientToolBridge
 from microturn.background.worker import BackgroundWorker
 from microturn.runtime.engine import Engine
 from microturn.runtime.session import MicroTurnOutput
-from microturn.server.codecs import AudioFormatError, decode_audio, decode_base64, duration_ms, encode_audio
+from microturn.server.codecs import AudioFormatError, decode_audio, duration_ms, encode_audio
 from microturn.server.protocol import (
     BETA_CONTENT_TYPES,
     BETA_SERVER_NAMES,
@@ -48,6 +46,7 @@ from microturn.server.protocol import (
     parse_client_event,
 )
 from microturn.server.security import Limits, RateLimiter
+from microturn.server.video import INLINE_PIXELS, FrameError, VideoStats, decode_frame, open_frame
 
 log = logging.getLogger("microturn.server")
 
@@ -109,6 +108,12 @@ class RealtimeConnection:
         self.worker: BackgroundWorker | None = None  # the background model, when the server has one
         self.client_tools = ClientToolBridge(self._send_function_call)
         self.client_tool_names: set[str] = set()
+        self.video = VideoStats()  # camera frames received (microturn.video.frame)
+        self.video_size = engine.model.cfg.video_size
+        self.video_seq = 0  # frames opened, in arrival order
+        self.video_pushed_seq = 0  # the newest frame passed to the session
+        self.video_task: asyncio.Task | None = None  # the thread decoding a large frame
+        self.video_waiting: tuple | None = None  # the newest large frame waiting for it
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -158,6 +163,8 @@ class RealtimeConnection:
                 self.worker.close()
             self.closing = True
             writer.cancel()
+            if self.video_task is not None:
+                self.video_task.cancel()
 
     async def _read(self) -> None:
         while not self.closing:
@@ -388,27 +395,78 @@ class RealtimeConnection:
         self._send("output_audio_buffer.cleared", response_id=None)
 
     def _on_microturn_video_frame(self, data: dict) -> None:
-        image = data["image"]
-        if image.startswith("data:"):
-            image = image.partition(",")[2]
+        event_id = data.get("event_id")
         try:
-            raw = decode_base64(image)
-        except AudioFormatError as exc:
-            raise ProtocolError("invalid_image", str(exc).replace("audio", "image"), "image") from None
+            frame = open_frame(data["image"], self.limits.max_video_bytes, self.limits.max_video_pixels)
+        except FrameError as exc:
+            self._refuse_frame(ProtocolError("invalid_image", str(exc), "image", event_id))
+            return
+        self.video_seq += 1
+        if frame.width * frame.height <= INLINE_PIXELS:
+            try:
+                rgb = decode_frame(frame, self.video_size)
+            except FrameError as exc:
+                self._refuse_frame(ProtocolError("invalid_image", str(exc), "image", event_id))
+                return
+            self._accept_frame(rgb, frame.size, self.video_seq)
+            return
+        # A large frame: decoded in a thread, one at a time; while one decodes, only the newest waits.
+        job = (frame, self.video_seq, event_id)
+        if self.video_task is None:
+            self.video_task = asyncio.get_running_loop().create_task(self._decode_frames(job))
+        else:
+            if self.video_waiting is not None:
+                self.video_waiting[0].close()
+                self.video.dropped += 1
+            self.video_waiting = job
+
+    async def _decode_frames(self, job: tuple) -> None:
         try:
-            with Image.open(io.BytesIO(raw)) as frame:
-                if frame.width * frame.height > self.limits.max_video_pixels:
-                    raise ProtocolError(
-                        "invalid_image", f"frame of {frame.width}x{frame.height} is too large", "image"
-                    )
-                rgb = np.array(frame.convert("RGB"))  # a writable copy: the engine makes a tensor of it
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            if isinstance(exc, ProtocolError):
-                raise
-            raise ProtocolError(
-                "invalid_image", f"image is not a readable JPEG/PNG ({exc})", "image"
-            ) from None
-        self.session.push_video(rgb)
+            while job is not None:
+                frame, seq, event_id = job
+                size = frame.size
+                try:
+                    rgb = await asyncio.to_thread(decode_frame, frame, self.video_size)
+                except FrameError as exc:
+                    self._refuse_frame(ProtocolError("invalid_image", str(exc), "image", event_id))
+                else:
+                    self._accept_frame(rgb, size, seq)
+                job, self.video_waiting = self.video_waiting, None
+        finally:
+            self.video_task = None
+
+    def _accept_frame(self, rgb: np.ndarray, size: tuple[int, int], seq: int) -> None:
+        if seq < self.video_pushed_seq:  # a large frame decoded after a newer (small) one was passed on
+            self.video.dropped += 1
+        else:
+            self.video_pushed_seq = seq
+            self.session.push_video(rgb)
+            self.video.frames += 1
+            self.video.width, self.video.height = size
+        self._report_video()
+
+    def _refuse_frame(self, error: ProtocolError) -> None:
+        """An unusable frame: an error event; the session keeps the frames it had."""
+        self.video.refused += 1
+        self._send_error(error)
+        self._report_video()
+
+    def _report_video(self) -> None:
+        """microturn.video.received, at most once a second while frames arrive (the first one at once)."""
+        now = time.monotonic()
+        if now - self.video.reported_at < 1.0:
+            return
+        self.video.reported_at = now
+        self._send(
+            "microturn.video.received",
+            frames=self.video.frames,
+            used=self.session.video_used,
+            refused=self.video.refused,
+            dropped=self.video.dropped,
+            width=self.video.width,
+            height=self.video.height,
+            micro_turn=self.session.turn,
+        )
 
     # --- the background model ------------------------------------------------------------------------------
 

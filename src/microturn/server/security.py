@@ -54,7 +54,8 @@ class Limits:
     max_audio_per_event_s: float = 2.0  # the tail of a longer packet is kept (the session drops older input)
     max_text_chars: int = 16_384  # per text content; text enters the model one token per micro-turn
     max_items: int = 1000  # conversation record kept per session (oldest dropped)
-    max_video_pixels: int = 4096 * 4096
+    max_video_pixels: int = 4096 * 4096  # per camera frame (microturn.video.frame)
+    max_video_bytes: int = 8 * 1024 * 1024  # per encoded camera frame
     max_outbox_events: int = 2000  # server events queued for a client that does not read: then it is dropped
 
 

@@ -1,12 +1,17 @@
 // The microturn browser client: Realtime protocol over a WebSocket, plus the duplex extension
 // (docs/protocol.md). Microphone -> AudioWorklet (24 kHz PCM16, 200 ms frames) -> input_audio_buffer.append;
-// camera -> JPEG -> microturn.video.frame; model audio -> scheduled AudioBuffers, stopped at once when the
-// model yields; a scrolling timeline of who speaks when; the transcript.
+// camera -> centre crop at the model's frame size -> JPEG -> microturn.video.frame, one per micro-turn;
+// model audio -> scheduled AudioBuffers, stopped at once when the model yields; a scrolling timeline of who
+// speaks when; the transcript.
 "use strict";
 
 const OUTPUT_RATE = 24000;
 const TIMELINE_SECONDS = 20;
-const VIDEO_INTERVAL_MS = 500; // ~2 fps; the server samples frames at the model's own rate
+const VIDEO_INTERVAL_MS = 200; // one frame per 200 ms micro-turn: the model takes at most one per micro-turn
+const VIDEO_SIZE = 160; // the model's frame size (ModelConfig.video_size): the picture's centre square
+const VIDEO_QUALITY = 0.8; // JPEG quality: about 5-8 kB a frame
+const VIDEO_MAX_BUFFERED = 256 * 1024; // socket bytes not yet sent above which frames wait: audio first
+const MODEL_EVENTS_KEPT = 2000;
 const MIC_ACTIVE_RMS = 0.02;
 
 const $ = (id) => document.getElementById(id);
@@ -17,8 +22,17 @@ const state = {
   audioContext: null,
   micStream: null,
   captureNode: null,
-  cameraStream: null,
-  cameraTimer: null,
+  camera: {
+    stream: null,
+    timer: null,
+    canvas: null,
+    starting: false, // the browser is being asked for the camera
+    encoding: false, // a frame is being encoded (the next tick is skipped rather than queued)
+    sent: 0, // frames sent
+    skipped: 0, // ticks without a frame: still encoding, or the socket backed up
+    received: null, // the server's last microturn.video.received
+    problem: null, // the last camera problem shown on the page
+  },
   playing: [], // scheduled AudioBufferSourceNodes, {node, start, end}
   playhead: 0, // audioContext time at which the next model chunk starts
   item: null, // the model item being played: {id, startedAt (ctx time), element}
@@ -26,6 +40,8 @@ const state = {
   floor: "listening",
   segments: { mic: [], heard: [], model: [] }, // [startSec, endSec|null] in performance time
   stats: { events: {}, audioDeltas: 0, samplesReceived: 0, samplesPlayed: 0, sent: 0 },
+  // When the model's output arrived: {type, at (Unix ms), text?} for response.created, audio and words.
+  modelEvents: [],
 };
 window.microturn = state;
 
@@ -178,6 +194,7 @@ const handlers = {
     if (part) el.textContent = part.transcript ?? part.text ?? el.textContent;
     if (e.response.status !== "completed") el.classList.add("cut");
   },
+  "microturn.video.received": (e) => onCameraReport(e),
   "microturn.floor": (e) => {
     state.extension = true;
     state.floor = e.floor;
@@ -186,10 +203,21 @@ const handlers = {
   },
 };
 
+const TIMED_EVENTS = new Set([
+  "response.created", "response.output_audio.delta", "response.output_audio_transcript.delta",
+  "response.output_text.delta",
+]);
+
 function onMessage(message) {
   let event;
   try { event = JSON.parse(message.data); } catch (e) { return; }
   state.stats.events[event.type] = (state.stats.events[event.type] || 0) + 1;
+  if (TIMED_EVENTS.has(event.type)) {
+    const entry = { type: event.type, at: performance.timeOrigin + performance.now() };
+    if (event.type.endsWith("transcript.delta") || event.type === "response.output_text.delta") entry.text = event.delta;
+    state.modelEvents.push(entry);
+    if (state.modelEvents.length > MODEL_EVENTS_KEPT) state.modelEvents.shift();
+  }
   const handler = handlers[event.type];
   if (handler) handler(event);
 }
@@ -210,26 +238,130 @@ async function startMicrophone() {
   source.connect(state.captureNode);
 }
 
+// The camera: the picture's centre square, drawn at the model's frame size, sent as JPEG once per
+// micro-turn. It never holds up the microphone: frames are encoded asynchronously, a tick is skipped while
+// the previous frame is still encoding or while the socket is backed up, and a camera that fails or
+// vanishes only turns itself off, with a message on the page.
+function setCameraStatus(text, problem = false) {
+  const el = $("camera-status");
+  el.textContent = text;
+  el.classList.toggle("problem", problem);
+  if (problem) state.camera.problem = text;
+}
+
+function cameraErrorMessage(err) {
+  switch (err && err.name) {
+    case "NotAllowedError":
+    case "SecurityError":
+      return "camera: permission denied. Allow the camera for this page in the browser's site settings, then tick camera again (the microphone goes on).";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "camera: no camera found. Connect one, then tick camera again.";
+    case "NotReadableError":
+    case "AbortError":
+      return "camera: the camera could not be started (is another application using it?).";
+    default:
+      return `camera: ${err && err.message ? err.message : err}`;
+  }
+}
+
 async function startCamera() {
-  state.cameraStream = await navigator.mediaDevices.getUserMedia({ video: { width: 320, height: 240 } });
+  const cam = state.camera;
+  if (cam.stream || cam.starting) return;
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw Object.assign(new Error("this page cannot use a camera here (it needs https or localhost)"), { name: "TypeError" });
+  }
+  setCameraStatus("camera: starting...");
+  cam.starting = true;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 15 } },
+      audio: false,
+    });
+  } finally {
+    cam.starting = false;
+  }
+  if (!state.ws || !$("camera").checked || cam.stream) { // hung up, or unticked, while the browser asked
+    stream.getTracks().forEach((t) => t.stop());
+    if (!cam.stream) setCameraStatus("");
+    return;
+  }
+  cam.stream = stream;
+  const track = stream.getVideoTracks()[0];
+  track.addEventListener("ended", () => cameraLost("camera: the camera was disconnected or stopped. Tick camera to try again."));
+  track.addEventListener("mute", () => setCameraStatus("camera: no picture from the camera (paused by the system?)", true));
+  track.addEventListener("unmute", () => setCameraStatus("camera: on"));
   const video = $("preview");
-  video.srcObject = state.cameraStream;
-  video.hidden = false;
-  await video.play();
-  const canvas = document.createElement("canvas");
-  canvas.width = 320;
-  canvas.height = 240;
-  state.cameraTimer = setInterval(() => {
-    canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
-    send({ type: "microturn.video.frame", image: canvas.toDataURL("image/jpeg", 0.7) });
-  }, VIDEO_INTERVAL_MS);
+  video.srcObject = stream;
+  $("camera-panel").hidden = false;
+  try {
+    await video.play();
+  } catch (err) {
+    if (cam.stream !== stream) return; // stopped while the preview started
+    throw err;
+  }
+  if (cam.stream !== stream) return;
+  if (!cam.canvas) {
+    cam.canvas = document.createElement("canvas");
+    cam.canvas.width = cam.canvas.height = VIDEO_SIZE;
+  }
+  cam.problem = null;
+  setCameraStatus("camera: on");
+  cam.timer = setInterval(sendFrame, VIDEO_INTERVAL_MS);
+}
+
+function sendFrame() {
+  const cam = state.camera;
+  const video = $("preview");
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN || !cam.stream) return;
+  const track = cam.stream.getVideoTracks()[0];
+  if (!track || track.readyState === "ended") {
+    cameraLost("camera: the camera was disconnected or stopped. Tick camera to try again.");
+    return;
+  }
+  if (cam.encoding || state.ws.bufferedAmount > VIDEO_MAX_BUFFERED || video.readyState < 2 || !video.videoWidth) {
+    cam.skipped += 1;
+    return;
+  }
+  const w = video.videoWidth, h = video.videoHeight, side = Math.min(w, h);
+  cam.canvas.getContext("2d").drawImage(video, (w - side) / 2, (h - side) / 2, side, side, 0, 0, VIDEO_SIZE, VIDEO_SIZE);
+  cam.encoding = true;
+  cam.canvas.toBlob(async (blob) => {
+    try {
+      if (!blob || !state.ws) return;
+      const bytes = new Uint8Array(await blob.arrayBuffer());
+      send({ type: "microturn.video.frame", image: bytesToBase64(bytes) });
+      cam.sent += 1;
+    } finally {
+      cam.encoding = false;
+    }
+  }, "image/jpeg", VIDEO_QUALITY);
 }
 
 function stopCamera() {
-  clearInterval(state.cameraTimer);
-  if (state.cameraStream) state.cameraStream.getTracks().forEach((t) => t.stop());
-  state.cameraStream = null;
-  $("preview").hidden = true;
+  const cam = state.camera;
+  clearInterval(cam.timer);
+  cam.timer = null;
+  if (cam.stream) cam.stream.getTracks().forEach((t) => t.stop());
+  cam.stream = null;
+  $("preview").srcObject = null;
+  $("camera-panel").hidden = true;
+}
+
+// The camera failed to start, or went away: it turns off, the rest of the session goes on.
+function cameraLost(message) {
+  stopCamera();
+  $("camera").checked = false;
+  setCameraStatus(message, true);
+}
+
+function onCameraReport(e) {
+  state.camera.received = e;
+  if (state.camera.stream) {
+    const refused = e.refused ? `, ${e.refused} refused` : "";
+    setCameraStatus(`camera: on, ${e.frames} frames received by the server, ${e.used} seen by the model${refused}`);
+  }
 }
 
 // ---- connection ------------------------------------------------------------------------------------
@@ -242,7 +374,7 @@ function connect() {
     ws.onopen = () => resolve(ws);
     ws.onerror = () => reject(new Error("could not connect (wrong API key?)"));
     ws.onmessage = onMessage;
-    ws.onclose = () => { setStatus("disconnected"); setConnected(false); };
+    ws.onclose = () => { setStatus("disconnected"); setConnected(false); stopCamera(); };
   });
 }
 
@@ -259,7 +391,8 @@ async function start() {
     state.ws = await connect();
     setConnected(true);
     await startMicrophone();
-    if ($("camera").checked) await startCamera();
+    // Not awaited: a camera permission prompt, or a camera that fails, never holds up the audio.
+    if ($("camera").checked) startCamera().catch((err) => cameraLost(cameraErrorMessage(err)));
   } catch (err) {
     setStatus(`error: ${err.message}`);
     hangUp();
@@ -269,6 +402,7 @@ async function start() {
 function hangUp() {
   stopPlayback();
   stopCamera();
+  if (!state.camera.problem) setCameraStatus("");
   if (state.micStream) state.micStream.getTracks().forEach((t) => t.stop());
   if (state.ws) state.ws.close();
   if (state.audioContext) state.audioContext.close();
@@ -288,9 +422,14 @@ $("cancel").addEventListener("click", () => {
   if (itemId) send({ type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: heard });
 });
 $("camera").addEventListener("change", (e) => {
-  if (!state.ws) return;
-  if (e.target.checked) startCamera().catch((err) => setStatus(`camera: ${err.message}`));
-  else stopCamera();
+  if (!e.target.checked) {
+    stopCamera();
+    setCameraStatus("");
+  } else if (!state.ws) {
+    setCameraStatus("camera: it starts when you start talking");
+  } else {
+    startCamera().catch((err) => cameraLost(cameraErrorMessage(err)));
+  }
 });
 $("typed").addEventListener("submit", (e) => {
   e.preventDefault();
