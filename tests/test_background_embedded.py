@@ -48,3 +48,28 @@ def test_backend_specs() -> None:
     assert backend_from_spec("http://127.0.0.1:9/v1#small").config.model == "small"
     with pytest.raises(ValueError, match="expected embedded, off"):
         backend_from_spec("ftp://x")
+
+
+def test_smollm2_on_the_offline_clock() -> None:
+    """The offline background (eval fdbench --background embedded): the answer is stamped with the time the
+    real generation took after the trigger."""
+    from microturn.background.offline import SimulatedBackground
+    from microturn.background.worker import WorkerConfig
+
+    background = SimulatedBackground(
+        EmbeddedBackend(EmbeddedConfig(max_new_tokens=12)),
+        WorkerConfig(system_prompt="Answer in one short sentence."),
+        transcribe=lambda samples: {"text": "", "chunks": []},
+    )
+    background.warm_up()
+    background.record.add_typed("What is the capital of France?", 1.0)
+    try:
+        task = background.request("test", 3.0, [])
+    finally:
+        background.close()
+    assert task["status"] == "done" and task["deliveries"], task
+    first = task["deliveries"][0]
+    assert first["at_s"] == pytest.approx(3.0 + first["latency_s"], abs=1.5e-3)
+    assert first["latency_s"] >= task["first_piece_s"] > 0
+    arrived = [b.time - 3.0 for b in background.take(10**6)]
+    assert arrived == pytest.approx([d["latency_s"] for d in task["deliveries"]], abs=1e-3)

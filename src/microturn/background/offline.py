@@ -118,9 +118,9 @@ class SimulatedBackground:
         if segment is not None:
             self.run("turn_end", segment, now_s, transcript)
 
-    def request(self, reason: str, now_s: float, transcript: list[dict]) -> None:
-        """A task at `now_s` for another reason (a delegate signal, typed text)."""
-        self.run(reason, None, now_s, transcript)
+    def request(self, reason: str, now_s: float, transcript: list[dict]) -> dict:
+        """A task at `now_s` for another reason (a delegate signal, typed text); returns its record."""
+        return self.run(reason, None, now_s, transcript)
 
     def take(self, turn: int) -> list[BackgroundText]:
         """The text that has arrived by the step of micro-turn `turn` (`model.queues.arrival_turn`)."""
