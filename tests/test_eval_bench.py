@@ -64,7 +64,8 @@ def test_transcript_schema_errors():
 
 def test_turn_taking_run_with_the_harness_and_report(tmp_path):
     question = espeak("Can you recommend a good book about the sea?")
-    audio = np.zeros(int(7.0 * SAMPLE_RATE), np.float32)
+    # 12 s: room for the reply to play even when a loaded machine's compute delays it by seconds
+    audio = np.zeros(int(12.0 * SAMPLE_RATE), np.float32)
     audio[int(0.5 * SAMPLE_RATE) :][: len(question)] += question
     user_end = speech_end_s(question, 0.5)
     data = tmp_path / "data" / "turn_taking"
@@ -81,7 +82,7 @@ def test_turn_taking_run_with_the_harness_and_report(tmp_path):
     assert run.metrics["n_turn_taking"] == 1 and run.metrics["turn_taking_tor"] == 1.0
     # 500 ms end-of-turn silence, then the compute of the end-of-turn step (whisper + the first piper
     # sentence, about 1 s on an idle machine, more on a loaded one) delays the playout
-    assert 0.5 <= run.metrics["turn_taking_latency_s"] <= 5.0
+    assert 0.5 <= run.metrics["turn_taking_latency_s"] <= 8.0
     sample_out = tmp_path / "out" / "harness" / "turn_taking" / "s1"
     transcript = validate_transcript(json.loads((sample_out / "output.json").read_text()), "output.json")
     assert "moby" in transcript["text"].lower()
@@ -95,7 +96,12 @@ def test_turn_taking_run_with_the_harness_and_report(tmp_path):
     assert (tmp_path / "report" / "latency_hist.png").stat().st_size > 1000
     assert (tmp_path / "report" / "timeline_harness_turn_taking_s1.png").exists()
 
-    with pytest.raises(ValueError, match="background mode 'embedded' is not available"):
+    # a real background mode needs the system to carry a background model; an unknown mode is refused
+    with pytest.raises(ValueError, match="background mode 'embedded' needs a background_model"):
         run_fdbench(
             tmp_path / "data", CascadeHarness, stream_output, tmp_path / "out2", background_mode="embedded"
+        )
+    with pytest.raises(ValueError, match="background mode 'psychic': expected oracle"):
+        run_fdbench(
+            tmp_path / "data", CascadeHarness, stream_output, tmp_path / "out3", background_mode="psychic"
         )
