@@ -134,6 +134,21 @@ def test_free_running_speaks_and_is_batch_invariant():
             assert torch.equal(together[t].text[i], alone[t].text[0])
 
 
+def test_flow_steps_override_changes_only_the_mel():
+    model = make_model()
+    with torch.no_grad():
+        model.gate.bias.fill_(5.0)
+    batch = random_batch(model.cfg, b=2, t=3, seed=8)
+    runs = {}
+    for steps in (None, model.cfg.flow_steps, 3):
+        state = model.new_state(2, [1, 2])
+        runs[steps] = [model.step(state, step_inputs(batch, t, False), flow_steps=steps) for t in range(3)]
+    for a, b, c in zip(runs[None], runs[model.cfg.flow_steps], runs[3], strict=True):
+        assert torch.equal(a.mel, b.mel)  # None = the config's steps
+        assert torch.equal(a.speaking, c.speaking) and not torch.equal(a.mel, c.mel)
+    torch.testing.assert_close(runs[None][0].hidden, runs[3][0].hidden, atol=0, rtol=0)
+
+
 def test_sessions_join_and_leave_between_micro_turns():
     model = make_model()
     batch = random_batch(model.cfg, b=2, t=10, seed=6)

@@ -12,7 +12,7 @@ import torch
 from microturn.model.checkpoint import save_checkpoint
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel
-from microturn.model.layers import Attention, ring_mask_bias, rope_tables
+from microturn.model.layers import Attention, ring_step_bias, rope_tables
 from microturn.model.tokenizer import TextTokenizer
 from microturn.runtime.bench import full_ring, new_engine
 from microturn.runtime.checkpoint import load_runtime
@@ -34,32 +34,57 @@ def models(tmp_path_factory: pytest.TempPathFactory):
     return load_runtime(path)
 
 
-def test_ring_prefix_attention_equals_full_ring_sdpa() -> None:
+def test_ring_step_attention_equals_sdpa_over_each_window() -> None:
+    """Two new tokens per session (the previous out token and the in token) attend over the ring as it was
+    plus each other, within the window: young sessions (only the filled prefix is read), a fresh one (its
+    out token is a placeholder), and full rings whose writes evict keys the first new token still sees."""
     cfg = get_config("tiny")
     torch.manual_seed(1)
     attn = Attention(cfg).eval()
-    b, h, w, hd = 3, cfg.n_heads, cfg.window, cfg.head_dim
-    cache_k, cache_v = torch.randn(b, h, w, hd), torch.randn(b, h, w, hd)
+    h, w, hd = cfg.n_heads, cfg.window, cfg.head_dim
+    ages = [0, 5, 17, w, w + 7]  # tokens already in each session's ring
+    b = len(ages)
+    cache_k, cache_v = torch.randn(b, h, w, hd), torch.randn(b, h, hd, w)  # values stored transposed
     slot_pos = torch.full((b, w), -1)
-    filled = [5, 17, 9]  # young sessions: slots 0..n-1 hold positions 0..n-1
-    for r, n in enumerate(filled):
-        slot_pos[r, :n] = torch.arange(n)
-    positions = torch.tensor(filled) - 1
-    x = torch.randn(b, 1, cfg.d_model)
-    rope = rope_tables(positions[:, None], hd, cfg.rope_base)
-    bias = ring_mask_bias(slot_pos)
-    assert bias.shape[-1] == max(filled)  # only the filled prefix is read
+    for r, n in enumerate(ages):
+        held = torch.arange(max(0, n - w), n)
+        slot_pos[r, held % w] = held
+    # [B, 2]: the out token, then the in token, after the ring's tokens (row 0: a placeholder at -1, then 0)
+    positions = torch.tensor([-1] + ages[1:])[:, None] + torch.arange(2)
+    x = torch.randn(b, 2, cfg.d_model)
+    rope = rope_tables(positions, hd, cfg.rope_base)
+    bias = ring_step_bias(slot_pos, positions, w)
+    assert bias[0].shape[-1] == w  # full rings are read whole
+    young = ring_step_bias(slot_pos[1:3], positions[1:3], w)[0]
+    assert young.shape[-1] == 17  # only the filled prefix is read
     with torch.no_grad():
         ref_k, ref_v = cache_k.clone(), cache_v.clone()
         got = attn.step(x, rope, positions % w, cache_k, cache_v, bias)
         q, k, v = attn._qkv(x, rope)
-        rows = torch.arange(b)
-        ref_k[rows, :, positions % w], ref_v[rows, :, positions % w] = k[:, :, 0], v[:, :, 0]
-        mask = (slot_pos >= 0)[:, None, None, :]
-        y = torch.nn.functional.scaled_dot_product_attention(q, ref_k, ref_v, attn_mask=mask)
-        want = attn.proj(y.transpose(1, 2).reshape(b, 1, -1))
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        want = torch.zeros(b, 2, cfg.d_model)
+        for r in range(b):
+            keys = {
+                int(slot_pos[r, s]): (ref_k[r, :, s], ref_v[r, :, :, s])
+                for s in range(w)
+                if slot_pos[r, s] >= 0
+            }
+            for i in range(2):
+                if positions[r, i] >= 0:
+                    keys[int(positions[r, i])] = (k[r, :, i], v[r, :, i])
+            for i in range(2):
+                p = int(positions[r, i])
+                seen = [j for j in sorted(keys) if p - w < j <= p] or [p]  # a placeholder sees itself
+                kk = torch.stack([keys.get(j, (k[r, :, i], v[r, :, i]))[0] for j in seen], 1)
+                vv = torch.stack([keys.get(j, (k[r, :, i], v[r, :, i]))[1] for j in seen], 1)
+                y = torch.nn.functional.scaled_dot_product_attention(q[r, :, i : i + 1], kk, vv)
+                want[r, i] = attn.proj(y.transpose(0, 1).reshape(-1))
+        rows = torch.arange(b)[:, None]
+        ref_k[rows, :, positions % w] = k.transpose(1, 2)
+        ref_v[rows, :, :, positions % w] = v.transpose(1, 2)
+    torch.testing.assert_close(got[1:], want[1:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got[0, 1], want[0, 1], atol=1e-6, rtol=1e-5)  # row 0's out token: placeholder
     torch.testing.assert_close(cache_k, ref_k)
+    torch.testing.assert_close(cache_v, ref_v)
 
 
 def run_engine(models, sessions: int, turns: int, **config) -> tuple[list[np.ndarray], list[int]]:

@@ -68,7 +68,14 @@ class FlowBlock(nn.Module):
         self.mlp = MLP(dim, 2 * dim, "gelu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.conv(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        """x [N, frames, dim]. The depthwise conv (zero padding 1, the `nn.Conv1d` parameters) is three
+        shifted multiply-adds on the channels-last frames: no transposes, and at one micro-turn of 20 frames
+        far cheaper than the conv kernel's fixed overhead (same function)."""
+        h = F.pad(self.norm1(x), (0, 0, 1, 1))
+        w, n = self.conv.weight[:, 0].t().contiguous(), x.shape[1]  # [3, dim]: contiguous rows are 3x faster
+        conv = torch.addcmul(self.conv.bias, h[:, :n], w[0])
+        conv = conv.addcmul_(h[:, 1 : n + 1], w[1]).addcmul_(h[:, 2:], w[2])
+        x = x + conv
         return x + self.mlp(self.norm2(x))
 
 
@@ -88,14 +95,22 @@ class FlowMelHead(nn.Module):
         self.norm = RMSNorm(fd)
         self.out = nn.Linear(fd, cfg.n_mels)
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond_features: torch.Tensor) -> torch.Tensor:
+    def time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """Flow times [..] -> [.., flow_dim]."""
+        return self.time(sinusoid(t, self.frame_pos.shape[1]))
+
+    def velocity(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | None,
+        cond_features: torch.Tensor,
+        time_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """x [N, frames, n_mels], t [N], cond_features = self.cond(hidden + text) [N, flow_dim]
-        -> predicted velocity like x."""
-        h = (
-            self.inp(x)
-            + self.frame_pos
-            + (cond_features + self.time(sinusoid(t, self.frame_pos.shape[1])))[:, None]
-        )
+        -> predicted velocity like x. `time_features` = self.time_features(t) if already computed."""
+        if time_features is None:
+            time_features = self.time_features(t)
+        h = self.inp(x) + self.frame_pos + (cond_features + time_features)[:, None]
         for block in self.blocks:
             h = block(h)
         return self.out(self.norm(h))
@@ -115,7 +130,8 @@ class FlowMelHead(nn.Module):
         """Euler integration from noise [N, frames, n_mels] at t=0 to t=1."""
         steps = steps or self.steps
         x, cond_features = noise, self.cond(cond)  # the condition is the same at every step
+        # so are the time features of step i for every row: one call for all steps, whatever the batch
+        times = self.time_features(torch.tensor([i / steps for i in range(steps)], device=x.device))
         for i in range(steps):
-            t = torch.full((x.shape[0],), i / steps)
-            x = x + self.velocity(x, t, cond_features) / steps
+            x = x + self.velocity(x, None, cond_features, times[i]) / steps
         return x

@@ -29,7 +29,7 @@ from .layers import (
     ElapsedTime,
     RMSNorm,
     VideoStem,
-    ring_mask_bias,
+    ring_step_bias,
     rope_tables,
     sliding_causal_mask,
 )
@@ -212,28 +212,31 @@ class InteractionModel(nn.Module):
         """Fresh sessions (micro-turn 0). `seeds` fix each session's flow-matching noise."""
         cfg, device = self.cfg, self.norm.weight.device
         shape = (batch_size, cfg.n_heads, cfg.window, cfg.head_dim)
+        shape_v = (batch_size, cfg.n_heads, cfg.head_dim, cfg.window)  # values transposed (Attention.step)
         seeds = torch.arange(batch_size) if seeds is None else torch.as_tensor(seeds, dtype=torch.long)
         if seeds.shape != (batch_size,):
             raise ValueError(f"new_state: {batch_size} sessions but {tuple(seeds.shape)} seeds")
         return StreamState(
             keys=[torch.zeros(shape, device=device) for _ in range(cfg.n_layers)],
-            values=[torch.zeros(shape, device=device) for _ in range(cfg.n_layers)],
+            values=[torch.zeros(shape_v, device=device) for _ in range(cfg.n_layers)],
             slot_pos=torch.full((batch_size, cfg.window), -1, dtype=torch.long, device=device),
             turn=torch.zeros(batch_size, dtype=torch.long, device=device),
             seeds=seeds.to(device),
+            out_token=torch.zeros(batch_size, cfg.d_model, device=device),
         )
 
     def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Append one token per session [B, d] at `positions` [B]; returns its final hidden state [B, d]."""
-        rows = torch.arange(x.shape[0], device=x.device)
+        """Append n tokens per session [B, n, d] at consecutive `positions` [B, n] (a negative position is a
+        placeholder: no token sees it); returns the last token's final hidden state [B, d]."""
+        rows = torch.arange(x.shape[0], device=x.device)[:, None]
         slots = positions % self.cfg.window
+        rope = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_base)
+        bias = ring_step_bias(state.slot_pos, positions, self.cfg.window)  # shared by every layer
+        h, last = x, len(self.blocks) - 1
+        for i, (block, k, v) in enumerate(zip(self.blocks, state.keys, state.values, strict=True)):
+            h = block.step(h, rope, slots, k, v, bias, last_only=i == last)
         state.slot_pos[rows, slots] = positions
-        rope = rope_tables(positions[:, None], self.cfg.head_dim, self.cfg.rope_base)
-        mask_bias = ring_mask_bias(state.slot_pos)  # shared by every layer
-        h = x[:, None]
-        for block, k, v in zip(self.blocks, state.keys, state.values, strict=True):
-            h = block.step(h, rope, slots, k, v, mask_bias)
-        return self.norm(h[:, 0])
+        return self.norm(h[:, -1])
 
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
         """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""
@@ -245,9 +248,16 @@ class InteractionModel(nn.Module):
         return torch.stack(noise).to(state.turn.device) if noise else torch.zeros(0, cfg.frames, cfg.n_mels)
 
     @torch.no_grad()
-    def step(self, state: StreamState, inputs: StepInputs, transcribe_user: bool = False) -> StepOutput:
+    def step(
+        self,
+        state: StreamState,
+        inputs: StepInputs,
+        transcribe_user: bool = False,
+        flow_steps: int | None = None,
+    ) -> StepOutput:
         """Advance every session by one micro-turn: in token, heads, out token. Mutates `state`.
-        `transcribe_user` also runs the aux user-transcript head (off by default: K vocab projections)."""
+        `transcribe_user` also runs the aux user-transcript head (off by default: K vocab projections);
+        `flow_steps` overrides the config's Euler steps of the mel head."""
         cfg, b = self.cfg, state.batch_size
         if inputs.user_dmel.shape != (b, cfg.frames, cfg.n_mels):
             raise ValueError(
@@ -264,7 +274,11 @@ class InteractionModel(nn.Module):
             inputs.video,
             inputs.video_present,
         )
-        hidden = self._advance(state, x_in, 2 * state.turn)
+        # The previous micro-turn's out token (position 2t - 1) enters the trunk together with this in token
+        # (2t): one pass over the weights and the KV rings for both. Nothing reads the out token's own
+        # output, so deferring it to here computes the same function (at micro-turn 0 it is a placeholder).
+        positions = torch.stack([2 * state.turn - 1, 2 * state.turn], dim=1)
+        hidden = self._advance(state, torch.stack([state.out_token, x_in], dim=1), positions)
 
         gate_logit = self.gate(hidden)[:, 0]
         prob = torch.sigmoid(gate_logit)
@@ -293,11 +307,12 @@ class InteractionModel(nn.Module):
         elif bool(speaking.any()):
             rows = speaking.nonzero()[:, 0]
             cond = hidden[rows] + self.embed_text_slots(text[rows])
-            mel_norm[rows] = self.mel_head.sample(self._session_noise(state, rows), cond).clamp(-1.0, 1.0)
+            noise = self._session_noise(state, rows)
+            mel_norm[rows] = self.mel_head.sample(noise, cond, flow_steps).clamp(-1.0, 1.0)
         mel = emitted_log_mel(mel_norm, speaking)
 
         out_dmel = audio.dmel(mel, cfg.dmel_bins)
-        self._advance(state, self.embed_out(text, out_dmel, speaking.long()), 2 * state.turn + 1)
+        state.out_token.copy_(self.embed_out(text, out_dmel, speaking.long()))  # enters the next step
         state.turn += 1
 
         floor_logits = self.floor_head(hidden)

@@ -15,10 +15,13 @@ import torch
 @dataclass
 class StreamState:
     keys: list[torch.Tensor]  # per layer [B, heads, window, head_dim], RoPE already applied
-    values: list[torch.Tensor]  # per layer [B, heads, window, head_dim]
+    values: list[torch.Tensor]  # per layer [B, heads, head_dim, window] (transposed: Attention.step)
     slot_pos: torch.Tensor  # [B, window] long: token position held by each ring slot, -1 = empty
     turn: torch.Tensor  # [B] long: index of the next micro-turn (0 at session start)
     seeds: torch.Tensor  # [B] long: per-session seed of the flow-matching noise
+    # [B, d_model]: the embedding of the last micro-turn's out token (position 2 * turn - 1), not yet in the
+    # KV rings: it enters the trunk together with the next in token (one pass for both); zeros at turn 0
+    out_token: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -33,6 +36,7 @@ class StreamState:
             slot_pos=self.slot_pos[index],
             turn=self.turn[index],
             seeds=self.seeds[index],
+            out_token=self.out_token[index],
         )
 
     @staticmethod
@@ -45,6 +49,7 @@ class StreamState:
             slot_pos=torch.cat([s.slot_pos for s in states]),
             turn=torch.cat([s.turn for s in states]),
             seeds=torch.cat([s.seeds for s in states]),
+            out_token=torch.cat([s.out_token for s in states]),
         )
 
 

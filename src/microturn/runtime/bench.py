@@ -11,6 +11,7 @@ steps faster. The figures and keys are listed in docs/runtime.md ("bench").
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ import torch
 
 from microturn.audio import SAMPLE_RATE, read_wav
 from microturn.model.streaming import StreamState
-from microturn.runtime.checkpoint import RuntimeModels
+from microturn.runtime.checkpoint import RuntimeModels, load_runtime
 from microturn.runtime.engine import BatchState, Engine, EngineConfig
 from microturn.runtime.session import Session
 
@@ -39,6 +40,8 @@ class BenchPlan:
     window_steps: int = 3_000  # ten minutes: the windows step_drift compares
     budget_ms: float = 100.0
     threads: int = 1
+    engines: int = 1  # engine processes for max_realtime_sessions (sessions split evenly between them)
+    flow_steps: int | None = None  # Euler steps of the mel head (None: the checkpoint's)
     batch_invariant_sessions: int = 16
     session_counts: tuple[int, ...] = SESSION_COUNTS
 
@@ -102,19 +105,20 @@ class StepTimes:
     wall_ms: np.ndarray  # each step's wall time
     cpu_ms: np.ndarray  # each step's CPU time on the stepping thread (what other processes cannot inflate)
     speaking: float  # fraction of session micro-turns in which the model spoke
+    spoke: np.ndarray  # each step's number of speaking sessions
 
 
 def run_steps(engine: Engine, feeder: Feeder, steps: int, label: str) -> StepTimes:
     """Step the engine `steps` times as fast as possible."""
-    wall, cpu = np.zeros(steps), np.zeros(steps)
-    spoken = total = 0
+    wall, cpu, spoke = np.zeros(steps), np.zeros(steps), np.zeros(steps, dtype=int)
+    total = 0
     started = last = time.perf_counter()
     for i in range(steps):
         feeder.feed()
         t0, c0 = time.perf_counter(), time.thread_time()
         outputs = engine.step_once()
         wall[i], cpu[i] = (time.perf_counter() - t0) * 1000.0, (time.thread_time() - c0) * 1000.0
-        spoken += sum(o.speaking for o in outputs.values())
+        spoke[i] = sum(o.speaking for o in outputs.values())
         total += len(outputs)
         now = time.perf_counter()
         if now - last > 10.0:
@@ -123,7 +127,7 @@ def run_steps(engine: Engine, feeder: Feeder, steps: int, label: str) -> StepTim
                 f"{label}: {i + 1}/{steps} steps, {rate:.1f} steps/s, ETA {(steps - i - 1) / rate:.0f} s"
             )
             last = now
-    return StepTimes(wall, cpu, spoken / max(total, 1))
+    return StepTimes(wall, cpu, int(spoke.sum()) / max(total, 1), spoke)
 
 
 def ms(values: np.ndarray, q: float) -> float:
@@ -137,6 +141,7 @@ def new_engine(
     threads: int = 1,
     large_batch_threads: int = 1,
     ring: StreamState | None = None,
+    flow_steps: int | None = None,
 ) -> tuple[Engine, Feeder]:
     """An engine with `sessions` live sessions; with `ring` (a one-session model state whose KV ring is
     full), every session starts from a copy of it, so the steps measured are steady-state ones."""
@@ -145,6 +150,7 @@ def new_engine(
         batch_invariant=batch_invariant,
         threads=threads,
         large_batch_threads=large_batch_threads,
+        flow_steps=flow_steps,
     )
     engine = Engine(config, models.model, models.tokenizer, models.vocoder)
     opened = [engine.open_session(seed=i) for i in range(sessions)]
@@ -154,18 +160,19 @@ def new_engine(
         model = engine.state.model
         with torch.inference_mode():  # the engine's state tensors are inference tensors
             for target, source in zip(
-                [*model.keys, *model.values, model.slot_pos, model.turn],
-                [*ring.keys, *ring.values, ring.slot_pos, ring.turn],
+                [*model.keys, *model.values, model.slot_pos, model.turn, model.out_token],
+                [*ring.keys, *ring.values, ring.slot_pos, ring.turn, ring.out_token],
                 strict=True,
             ):
                 target.copy_(source.expand_as(target))
     return engine, feeder
 
 
-def full_ring(models: RuntimeModels) -> StreamState:
+def full_ring(models: RuntimeModels, flow_steps: int | None = None) -> StreamState:
     """One session's model state after enough micro-turns of the example input to fill its KV ring."""
-    engine, feeder = new_engine(models, 1)
-    turns = -(-models.model.cfg.window // 2)  # two tokens per micro-turn
+    engine, feeder = new_engine(models, 1, flow_steps=flow_steps)
+    # two tokens per micro-turn, the last micro-turn's out token entering the ring with the next step
+    turns = -(-(models.model.cfg.window + 1) // 2)
     run_steps(engine, feeder, turns, "filling a KV ring")
     return engine.state.model.select([0])
 
@@ -177,6 +184,7 @@ def state_bytes(state: BatchState) -> int:
         state.model.slot_pos,
         state.model.turn,
         state.model.seeds,
+        state.model.out_token,
         *state.vocoder.conv_inputs,
         state.vocoder.ola_tail,
         state.resampler.history,
@@ -204,7 +212,12 @@ def capacity_sweep(
     p99s = {}
     for n in plan.session_counts:
         engine, feeder = new_engine(
-            models, n, threads=plan.threads, large_batch_threads=large_batch_threads, ring=ring
+            models,
+            n,
+            threads=plan.threads,
+            large_batch_threads=large_batch_threads,
+            ring=ring,
+            flow_steps=plan.flow_steps,
         )
         run_steps(engine, feeder, 2, f"{n} sessions warm-up")
         batch = run_steps(engine, feeder, plan.batch_steps, f"{n} sessions")
@@ -226,12 +239,110 @@ def capacity_sweep(
     return fits, p99s
 
 
+def run_paced(engine: Engine, feeder: Feeder, steps: int, t0: float, until=None) -> StepTimes:
+    """Step the engine on the real-time clock: step i starts at t0 + i * micro-turn (or as soon as the
+    previous one ends, if it overran). After `steps` timed steps it goes on, untimed, while `until()`."""
+    wall, cpu = np.zeros(steps), np.zeros(steps)
+    i = 0
+    while i < steps or (until is not None and until()):
+        wait = t0 + i * engine.turn_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        feeder.feed()
+        w, c = time.perf_counter(), time.thread_time()
+        engine.step_once()
+        if i < steps:
+            wall[i], cpu[i] = (time.perf_counter() - w) * 1000.0, (time.thread_time() - c) * 1000.0
+        i += 1
+    return StepTimes(wall, cpu, 0.0, np.zeros(steps, dtype=int))
+
+
+def _engine_process(conn, checkpoint: str, int8: bool, ring: StreamState, plan: BenchPlan, sync) -> None:
+    """One engine process of the multi-engine sweep: for each (sessions, steps) it receives, an engine
+    with that many sessions from the full ring, stepped with one torch thread on the real-time clock (one
+    step per 200 ms micro-turn, every engine on the same schedule, so their steps coincide); it goes on
+    stepping until every engine has finished its timed steps, so each is measured while the others run."""
+    barrier, finished, engines = sync
+    # Its own session, as separately started servers would be: Linux's autogroup scheduler then gives each
+    # engine process its own share of the CPU instead of one share for all of them.
+    os.setsid()
+    torch.set_num_threads(1)
+    models = load_runtime(checkpoint, int8=int8)
+    while (job := conn.recv()) is not None:
+        sessions, steps = job
+        engine, feeder = new_engine(models, sessions, ring=ring, flow_steps=plan.flow_steps)
+        run_steps(engine, feeder, 2, "warm-up")
+        barrier.wait()
+        turn = engine.turn_s
+        t0 = (time.monotonic() // turn + 2) * turn  # the same clock in every engine process
+
+        def others_running() -> bool:
+            return finished.value < engines
+
+        timed = run_paced(engine, feeder, steps, t0)
+        with finished.get_lock():
+            finished.value += 1
+        run_paced(engine, feeder, 0, t0 + steps * turn, until=others_running)
+        conn.send({"wall": ms(timed.wall_ms, 0.99), "cpu": ms(timed.cpu_ms, 0.99)})
+
+
+def engines_sweep(
+    models: RuntimeModels, plan: BenchPlan, ring: StreamState
+) -> tuple[dict[str, int], dict[str, dict[str, list[float]]]]:
+    """`plan.engines` engine processes, one torch thread each, with the sessions split evenly between them,
+    all stepping in real time on the same clock: for "wall" and "cpu", the largest total up to which every
+    tried total's p99 step fitted the budget in every engine, and each tried total's p99s per engine."""
+    n_engines = plan.engines
+    ctx = multiprocessing.get_context("spawn")
+    sync = (ctx.Barrier(n_engines), ctx.Value("i", 0), n_engines)
+    workers = []
+    for _ in range(n_engines):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_engine_process,
+            args=(child, str(models.checkpoint), models.int8, ring, plan, sync),
+            daemon=True,
+        )
+        proc.start()
+        workers.append((proc, parent))
+    fits, failed, p99s = {"wall": 0, "cpu": 0}, set(), {}
+    try:
+        for total in plan.session_counts:
+            if total < n_engines:
+                continue
+            shares = [total // n_engines + (i < total % n_engines) for i in range(n_engines)]
+            sync[1].value = 0
+            for (_, conn), share in zip(workers, shares, strict=True):
+                conn.send((share, plan.batch_steps))
+            results = [conn.recv() for _, conn in workers]
+            p99s[str(total)] = {kind: [r[kind] for r in results] for kind in fits}
+            progress(
+                f"{total} sessions on {n_engines} engine processes ({'+'.join(map(str, shares))}): "
+                f"p99 step {', '.join(str(r['wall']) for r in results)} ms wall, "
+                f"{', '.join(str(r['cpu']) for r in results)} ms cpu"
+            )
+            for kind in fits:
+                if kind not in failed and max(r[kind] for r in results) <= plan.budget_ms:
+                    fits[kind] = total
+                else:
+                    failed.add(kind)
+            if len(failed) == len(fits):
+                break
+    finally:
+        for proc, conn in workers:
+            conn.send(None)
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    return fits, p99s
+
+
 def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     result: dict = {}
     torch.set_num_threads(1)
-    ring = full_ring(models)
+    ring = full_ring(models, plan.flow_steps)
     progress(f"single session, 1 thread, {plan.single_steps} micro-turns")
-    engine, feeder = new_engine(models, 1, ring=ring)
+    engine, feeder = new_engine(models, 1, ring=ring, flow_steps=plan.flow_steps)
     run_steps(engine, feeder, 5, "warm-up")
     single = run_steps(engine, feeder, plan.single_steps, "single session")
     result["step_ms_p50"] = ms(single.wall_ms, 0.5)
@@ -240,24 +351,34 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     result["step_cpu_ms_p50"] = ms(single.cpu_ms, 0.5)
     result["step_cpu_ms_p99"] = ms(single.cpu_ms, 0.99)
     result["speaking_fraction"] = round(single.speaking, 3)
+    # the two kinds of step the p50 falls between: speaking (text decoder, flow head, vocoder) and listening
+    for kind, steps in (("speaking", single.spoke > 0), ("listening", single.spoke == 0)):
+        result[f"step_ms_p50_{kind}"] = ms(single.wall_ms[steps], 0.5) if steps.any() else None
+        result[f"step_cpu_ms_p50_{kind}"] = ms(single.cpu_ms[steps], 0.5) if steps.any() else None
     progress(f"single session: p50 {result['step_ms_p50']} ms, p99 {result['step_ms_p99']} ms")
 
-    # `plan.threads` for every batch: wall time, and the stepping thread's CPU time (what an otherwise
-    # idle machine would give); then the engine's own policy, which runs large batches on every core.
+    # One engine, `plan.threads` for every batch: wall time, and the stepping thread's CPU time (what an
+    # otherwise idle machine would give); then the machine: `plan.engines` single-threaded engine
+    # processes stepping at once, the sessions split between them.
     fits, p99s = capacity_sweep(models, plan, ring, plan.threads, ("wall", "cpu"))
     result["max_realtime_sessions_fixed"] = fits["wall"]
     result["max_realtime_sessions_cpu"] = fits["cpu"]
     result["batch_p99_ms"] = p99s
-    machine_threads = os.cpu_count() or 1
-    if machine_threads > plan.threads:
-        fits, p99s = capacity_sweep(models, plan, ring, machine_threads, ("wall",))
+    if plan.engines > 1:
+        fits, p99s = engines_sweep(models, plan, ring)
+    else:
+        p99s = {n: {kind: [p[kind]] for kind in p} for n, p in p99s.items()}
     result["max_realtime_sessions"] = fits["wall"]
+    result["max_realtime_sessions_engines_cpu"] = fits["cpu"]
     result["batch_p99_ms_machine"] = p99s
+    result["engines"] = plan.engines
 
     n = plan.batch_invariant_sessions
     costs = {}
     for invariant in (False, True):
-        engine, feeder = new_engine(models, n, batch_invariant=invariant, ring=ring)
+        engine, feeder = new_engine(
+            models, n, batch_invariant=invariant, ring=ring, flow_steps=plan.flow_steps
+        )
         run_steps(engine, feeder, 2, "warm-up")
         costs[invariant] = ms(
             run_steps(engine, feeder, plan.batch_steps, f"invariant={invariant}").wall_ms, 0.5
@@ -276,7 +397,7 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     progress(
         f"simulated session of {plan.hour_steps} micro-turns ({plan.hour_steps * engine.turn_s / 60:.0f} min)"
     )
-    engine, feeder = new_engine(models, 1)
+    engine, feeder = new_engine(models, 1, flow_steps=plan.flow_steps)
     rss_before = rss_mb()
     hour = run_steps(engine, feeder, plan.hour_steps, "long session")
     w = min(plan.window_steps, plan.hour_steps // 2)
@@ -305,8 +426,8 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
         },
         "int8": models.int8,
         "threads_batched": plan.threads,
-        "threads_machine": machine_threads,
-        "large_batch": EngineConfig().large_batch,
+        "engines": plan.engines,
+        "flow_steps": plan.flow_steps or cfg.flow_steps,
         "budget_ms": plan.budget_ms,
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -58,6 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     plan = BenchPlan.quick() if args.quick else BenchPlan()
     plan.threads = args.threads
+    plan.engines = args.engines if args.engines is not None else (os.cpu_count() or 1)
+    plan.flow_steps = args.flow_steps
     result = run_bench(_load(args), plan)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0
@@ -105,6 +108,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one line of JSON")
     p.add_argument("--quick", action="store_true", help="a few seconds' smoke run (CI)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the batched capacity search")
+    p.add_argument(
+        "--engines",
+        type=int,
+        default=None,
+        help="engine processes (one thread each) sharing the sessions for max_realtime_sessions "
+        "(default: the CPU count)",
+    )
+    p.add_argument(
+        "--flow-steps", type=int, default=None, help="Euler steps of the mel head (default: the checkpoint's)"
+    )
     _common(p)
     p.set_defaults(func=cmd_bench)
 

@@ -59,6 +59,9 @@ class EngineConfig:
     # them (train/dataset.py renders micro-turn t's frame at data.video.frame_time(t))
     video_interval_ms: int = 200
     step_history: int = 3000  # step times kept for statistics
+    # Euler steps of the flow-matching mel head; None = the checkpoint's `flow_steps`. Fewer are cheaper
+    # when speaking (3 instead of the small config's 4: see BENCHMARKS.md for how close the mel stays).
+    flow_steps: int | None = None
 
 
 @dataclass
@@ -105,7 +108,12 @@ class BatchState:
         """Views of row r: stepping them updates the batched tensors in place (batch-invariant mode)."""
         m, one = self.model, slice(r, r + 1)
         model = StreamState(
-            [k[one] for k in m.keys], [v[one] for v in m.values], m.slot_pos[one], m.turn[one], m.seeds[one]
+            [k[one] for k in m.keys],
+            [v[one] for v in m.values],
+            m.slot_pos[one],
+            m.turn[one],
+            m.seeds[one],
+            m.out_token[one],
         )
         voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
         resampler = ResamplerState(
@@ -179,7 +187,9 @@ class Engine:
         the vocoder, then the resampler, for such sessions."""
         c = self.vocoder.config
         frames = self.model.cfg.frames
-        needed = -(-(c.receptive_field + c.n_fft // c.hop) // frames) + 1
+        # the last conv's context and the overlap-add tail (n_fft // hop - 1 frames) hold silence once
+        # receptive_field + n_fft // hop - 1 silent frames went in (2 micro-turns with the shipped vocoder)
+        needed = -(-(c.receptive_field + c.n_fft // c.hop - 1) // frames)
         silent = torch.full((1, frames, self.model.cfg.n_mels), SILENT_LOG_MEL)
         vocoder, resampler = self.vocoder.new_state(1), self.upsampler.new_state(1)
         with torch.inference_mode():
@@ -239,7 +249,7 @@ class Engine:
             video_present=present if video is not None else None,
             speaking_override=torch.tensor([i.speaking_override for i in inputs]),
         )
-        out = self.model.step(state.model, step_inputs)
+        out = self.model.step(state.model, step_inputs, flow_steps=self.config.flow_steps)
         quiet = state.quiet_turns.clone()  # silent micro-turns before this one
         state.quiet_turns.copy_(torch.where(out.speaking, 0, quiet + 1))
         speaking, needed = out.speaking, self.quiet_turns_needed

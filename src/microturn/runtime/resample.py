@@ -27,6 +27,20 @@ def _design(up: int, down: int) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(taps.astype(np.float32)), half_len
 
 
+def _polyphase(taps: torch.Tensor, up: int, down: int, context: int) -> torch.Tensor:
+    """[L, up]: column r holds the taps that output r of a block applies to its input window of L samples
+    (the window of block j starts at input (j * down) - context relative to the block's first input, and
+    output r reads inputs up to (r * down) // up through taps (r * down) % up + m * up, m = 0, 1, ...)."""
+    span = context + (up - 1) * down // up + 1
+    phases = torch.zeros(span, up)
+    for r in range(up):
+        last, phase = context + r * down // up, r * down % up  # window index of the newest input
+        for m in range(last + 1):
+            if phase + m * up < len(taps):
+                phases[last - m, r] = taps[phase + m * up]
+    return phases
+
+
 @dataclass
 class ResamplerState:
     """Per-stream memory for a batch of streams that advance in lockstep."""
@@ -58,6 +72,7 @@ class StreamingResampler:
         self.taps, half_len = _design(self.up, self.down)
         self.context = math.ceil((len(self.taps) - 1) / self.up)
         self.delay = half_len // self.down  # output samples behind the zero-phase one-shot resampling
+        self.phases = _polyphase(self.taps, self.up, self.down, self.context)
 
     def new_state(self, batch: int = 1) -> ResamplerState:
         return ResamplerState(torch.zeros(batch, self.context))
@@ -67,12 +82,22 @@ class StreamingResampler:
         if self.up == self.down:
             return x.clone(), ResamplerState(state.history, state.consumed + x.shape[1], state.emitted)
         segment = torch.cat([state.history, x], dim=1)  # starts at input index consumed - context
-        # Upsampled index j of `full` is global upsampled index j + (consumed - context) * up; output k is
-        # the causal filter's value at global upsampled index k * down.
-        full = F.conv_transpose1d(segment[:, None], self.taps[None, None], stride=self.up)[:, 0]
         total = state.consumed + x.shape[1]
         first, stop = state.emitted, -(-total * self.up // self.down)  # outputs k with k*down < total*up
-        offset = (state.consumed - self.context) * self.up
-        out = full[:, first * self.down - offset : (stop - 1) * self.down - offset + 1 : self.down]
         history = segment[:, segment.shape[1] - self.context :]
+        # Output k is the causal filter's value at upsampled index k * down: it reads inputs up to
+        # (k * down) // up. Outputs come in blocks of `up` (k = k0 + j * up + r, k0 a multiple of up) whose
+        # inputs start `down` samples apart, so each block is one row of windows @ phases ([L, up]): one
+        # matmul over the input instead of a transposed conv over the upsampled signal.
+        k0 = first - first % self.up
+        blocks = -(-(stop - k0) // self.up)
+        if blocks <= 0:
+            return segment.new_zeros(segment.shape[0], 0), ResamplerState(history, total, stop)
+        span = self.phases.shape[0]
+        start = k0 // self.up * self.down - (state.consumed - self.context) - self.context  # first window
+        need = start + (blocks - 1) * self.down + span  # one past the last input the windows read
+        padded = F.pad(segment, (max(0, -start), max(0, need - segment.shape[1])))
+        base = max(0, start)
+        windows = padded[:, base : base + (blocks - 1) * self.down + span].unfold(1, span, self.down)
+        out = (windows @ self.phases).flatten(1)[:, first - k0 : stop - k0]
         return out, ResamplerState(history, total, stop)
