@@ -141,8 +141,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ov.set_defaults(func=cmd_export_overlap)
 
     from microturn.background.cli import add_parser as add_background_parser
+    from microturn.eval.rendering import add_parser as add_rendering_parser
 
     add_background_parser(sub)
+    add_rendering_parser(sub)
 
     from microturn.eval.proactive import add_parser as add_proactive_parser
 
