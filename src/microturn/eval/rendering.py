@@ -99,6 +99,6 @@ def _cmd(args: argparse.Namespace) -> int:
     result = rendering_wer(load_runtime(args.checkpoint), args.corpus, args.crops, args.crop_turns).as_dict()
     text = json.dumps(result, indent=2)
     if args.json:
-        atomic_write_text(args.json, text + "\n")
+        atomic_write_text(Path(args.json), text + "\n")
     print(text)
     return 0
