@@ -14,6 +14,17 @@ from microturn.server.app import ServerConfig
 from microturn.server.cli import load_engine
 
 CHROMIUM = shutil.which("chromium")
+# headless Chromium on a machine with no GPU, no network and nobody to click "allow"
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
 MODEL_COLOUR = (230, 85, 13)  # #e6550d, the model's bars in the timeline (style.css / app.js)
 
 pytestmark = pytest.mark.skipif(
@@ -60,14 +71,7 @@ def test_page_streams_the_microphone_and_plays_the_model(served, tmp_path):
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required",
+        *BROWSER_ARGS,
     ]
     with sync_playwright() as playwright:
         # launch_persistent_context passes a fresh --user-data-dir (the profile folder below).

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_server_browser import BROWSER_ARGS, CHROMIUM
 from test_server_realtime import live_sessions, start_server
 
 from microturn.data import video
@@ -32,17 +33,6 @@ from microturn.server.app import ServerConfig
 from microturn.server.cli import load_engine
 from microturn.server.fakecam import light_episode, lit_lamp, write_fake_devices
 
-CHROMIUM = shutil.which("chromium")
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
 DENY_CAMERA = """(() => {
   const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
