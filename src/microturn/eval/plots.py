@@ -78,7 +78,9 @@ def timeline_plot(
     def words(row: str, items: Sequence[TimedWord], colour: str) -> None:
         for text, s, e in items:
             ax.broken_barh([(s, max(e - s, 0.01))], (rows[row] - 0.12, 0.24), color=colour)
-            ax.text(s, rows[row] + 0.33, text, rotation=45, fontsize=7, va="bottom", ha="left")
+            # an untrained model's byte-level tokens can decode to characters the plot font lacks
+            shown = "".join(c if c.isprintable() and ord(c) < 0x250 else "?" for c in text)
+            ax.text(s, rows[row] + 0.33, shown, rotation=45, fontsize=7, va="bottom", ha="left")
 
     for label, s, e in marks:
         ax.axvspan(s, e, color="#f2c14e", alpha=0.3)
