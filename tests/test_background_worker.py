@@ -137,6 +137,17 @@ def wait_for(worker: BackgroundWorker, status: str, engine: Engine, timeout: flo
     return step_s
 
 
+def one_finished_task(engine: Engine, endpoint) -> BackgroundWorker:
+    """A worker on a fresh session that has run one requested task against `endpoint` to its end."""
+    worker = BackgroundWorker(engine.open_session(), OpenAIBackend(OpenAIConfig(endpoint.url)))
+    try:
+        worker.request()
+        wait_for(worker, "done", engine)
+    finally:
+        worker.close()
+    return worker
+
+
 def queued_text(session, tokenizer) -> str:
     return tokenizer.decode(list(session.background.pending))
 
@@ -194,13 +205,7 @@ def test_a_tool_call_round_trip(engine, endpoint) -> None:
         ],
         [("chunk", text_chunk("It is forty two."))],
     ]
-    session = engine.open_session()
-    worker = BackgroundWorker(session, OpenAIBackend(OpenAIConfig(endpoint.url)))
-    try:
-        worker.request()
-        wait_for(worker, "done", engine)
-    finally:
-        worker.close()
+    worker = one_finished_task(engine, endpoint)
     assert [e.get("tool") for e in worker.events if e["status"] == "progress"] == ["calculate", None]
     follow_up = endpoint.requests[1]["messages"]
     assert follow_up[-2]["tool_calls"][0]["function"] == {
@@ -353,11 +358,5 @@ def test_realtime_client_side_function_calling_round_trip(models, endpoint) -> N
 
 def test_copied_time_tags_and_repeated_sentences_are_not_delivered(engine, endpoint) -> None:
     endpoint.scripts.append([("chunk", text_chunk("[1.6-2.7 s] It is late. It is late. [3.0-4.0 s] NONE"))])
-    session = engine.open_session()
-    worker = BackgroundWorker(session, OpenAIBackend(OpenAIConfig(endpoint.url)))
-    try:
-        worker.request()
-        wait_for(worker, "done", engine)
-    finally:
-        worker.close()
+    worker = one_finished_task(engine, endpoint)
     assert [e.get("text") for e in worker.events if e["status"] == "progress"] == ["It is late."]
