@@ -123,8 +123,8 @@ def test_streamed_text_arrives_no_earlier_than_trigger_plus_measured_latency(
         assert turn == arrival_turn(delivery["at_s"], 0.2)
     # the context package: both sides with times, the user's words from the (fake) Whisper
     messages = endpoint.requests[0]["messages"]
-    assert messages[0]["role"] == "system" and messages[-1]["role"] == "user"
-    assert messages[-1]["content"].endswith("s] what is the answer")
+    user = [m for m in messages if m["role"] == "user"]  # the random model may have said words after it
+    assert messages[0]["role"] == "system" and user[-1]["content"].endswith("s] what is the answer")
     assert task["messages"] == messages[1:]
     samples = (tmp_path / "out" / "model" / "samples.jsonl").read_text()
     assert json.loads(samples)["background"][0]["task_id"] == "bg1"

@@ -3,7 +3,9 @@
 The free-running word error rate mixes three failures: wrong words, wrong timing, and rendering. This check
 isolates the last one: on held-out conversation crops, the trunk is teacher-forced (it hears the real user
 and its own real past), the mel head samples every speaking micro-turn from noise given the true words of
-that micro-turn, the vocoder turns the result into audio, and Whisper tiny.en transcribes it. The same crops'
+that micro-turn, the vocoder turns the result into audio, and Whisper tiny.en transcribes it. The head's
+per-frame characters come once from the corpus's word times and once from the streaming speech schedule
+(what a free-running session gives it: the same tokens, timed at the voice's average rate). The same crops'
 ground-truth mel through the same vocoder is the ceiling (it measures vocoder + Whisper, not the model).
 """
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 
 from ..files import atomic_write_text
-from ..model.interaction import emitted_log_mel
+from ..model.interaction import InteractionModel, emitted_log_mel
+from ..model.speech import SpeechSchedule, schedule_condition
 from ..runtime.checkpoint import RuntimeModels
 from ..train.dataset import CropPlan, read_conversations, validation_batches
 from .fdbench import pooled_wer, speech_errors
@@ -29,7 +32,8 @@ from .transcribe import transcribe
 class RenderingResult:
     crops: int
     words: int
-    wer_model: float | None  # the mel head's rendering, teacher-forced trunk
+    wer_model: float | None  # the mel head's rendering, teacher-forced trunk, characters at the true times
+    wer_scheduled: float | None  # the same, characters timed by the streaming speech schedule
     wer_ground_truth: float | None  # the corpus mel through the same vocoder
     examples: list[dict]
 
@@ -38,6 +42,7 @@ class RenderingResult:
             "crops": self.crops,
             "words": self.words,
             "wer_model_rendering": self.wer_model,
+            "wer_model_rendering_scheduled": self.wer_scheduled,
             "wer_ground_truth_mel": self.wer_ground_truth,
             "examples": self.examples,
         }
@@ -46,6 +51,21 @@ class RenderingResult:
 def _vocode(models: RuntimeModels, log_mel: torch.Tensor) -> np.ndarray:
     samples, _ = models.vocoder.synthesize(log_mel[None])
     return samples[0].numpy()
+
+
+def _scheduled_condition(
+    model: InteractionModel, text: torch.Tensor, speaking: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-frame characters the streaming step would give the head for this crop's tokens [T, K] and
+    speaking track [T]: the same `SpeechSchedule`, one micro-turn at a time."""
+    schedule, ids, frac = SpeechSchedule(), [], []
+    for tokens, talking in zip(text.tolist(), speaking.tolist(), strict=True):
+        schedule.say(tokens, talking, model.graphemes, model.cfg.speech_rates)
+        window_ids, window_frac = schedule_condition([schedule], model.cfg.frames)
+        schedule.advance(model.cfg.frames)
+        ids.append(window_ids[0])
+        frac.append(window_frac[0])
+    return torch.stack(ids), torch.stack(frac)
 
 
 @torch.inference_mode()
@@ -57,29 +77,50 @@ def rendering_wer(
     conversations = read_conversations(corpus, tokenizer)
     batch = validation_batches(conversations, model.cfg, CropPlan(crop_turns, crop_turns, crops), 1)[0]
     hidden = model(batch)
-    model_errors, truth_errors, examples = [], [], []
+    errors: dict[str, list[dict]] = {"model": [], "scheduled": [], "truth": []}
+    examples = []
     for row in range(batch.text.shape[0]):
         speaking = batch.speaking[row].bool() & batch.valid[row]
         if int(speaking.sum()) < 5:  # a crop where the assistant hardly speaks says nothing about rendering
             continue
         text = batch.text[row][speaking]
         cond = hidden[row][speaking] + model.embed_text_slots(text)
-        generator = torch.Generator().manual_seed(seed + row)
-        noise = torch.randn(int(speaking.sum()), model.cfg.frames, model.cfg.n_mels, generator=generator)
-        mel = batch.mel[row].clone()
-        mel[speaking] = model.mel_head.sample(noise, cond).clamp(-1.0, 1.0)
-        rendered = emitted_log_mel(mel, speaking).flatten(0, 1)
-        truth = emitted_log_mel(batch.mel[row], speaking).flatten(0, 1)
+        scheduled = _scheduled_condition(model, batch.text[row], speaking)
+        conditions = {
+            "model": (batch.mel_chars[row][speaking], batch.mel_char_frac[row][speaking]),
+            "scheduled": (scheduled[0][speaking], scheduled[1][speaking]),
+        }
         ref = tokenizer.decode([int(t) for t in batch.text[row][speaking].flatten()])
-        heard_model = transcribe(_vocode(models, rendered))["text"]
-        heard_truth = transcribe(_vocode(models, truth))["text"]
-        model_errors.append(speech_errors([ref], [heard_model]))
-        truth_errors.append(speech_errors([ref], [heard_truth]))
-        examples.append({"said": ref, "heard_model": heard_model, "heard_ground_truth": heard_truth})
+        heard = {}
+        for name, (chars, frac) in conditions.items():
+            generator = torch.Generator().manual_seed(seed + row)
+            noise = torch.randn(int(speaking.sum()), model.cfg.frames, model.cfg.n_mels, generator=generator)
+            mel = batch.mel[row].clone()
+            mel[speaking] = model.mel_head.sample(noise, cond, chars, frac).clamp(-1.0, 1.0)
+            heard[name] = transcribe(_vocode(models, emitted_log_mel(mel, speaking).flatten(0, 1)))["text"]
+        truth = emitted_log_mel(batch.mel[row], speaking).flatten(0, 1)
+        heard["truth"] = transcribe(_vocode(models, truth))["text"]
+        for name, said in heard.items():
+            errors[name].append(speech_errors([ref], [said]))
+        examples.append(
+            {
+                "said": ref,
+                "heard_model": heard["model"],
+                "heard_model_scheduled": heard["scheduled"],
+                "heard_ground_truth": heard["truth"],
+            }
+        )
     if not examples:
         raise ValueError(f"{corpus}: no crop in which the assistant speaks")
-    words = sum(e["speech_words"] for e in model_errors)
-    return RenderingResult(len(examples), words, pooled_wer(model_errors), pooled_wer(truth_errors), examples)
+    words = sum(e["speech_words"] for e in errors["model"])
+    return RenderingResult(
+        len(examples),
+        words,
+        pooled_wer(errors["model"]),
+        pooled_wer(errors["scheduled"]),
+        pooled_wer(errors["truth"]),
+        examples,
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

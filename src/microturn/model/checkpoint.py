@@ -93,10 +93,8 @@ def load_checkpoint(
     if expect is not None and cfg != expect:
         diff = {k: (v, getattr(cfg, k)) for k, v in expect.to_dict().items() if getattr(cfg, k) != v}
         raise CheckpointError(f"{path}: checkpoint of another model config (expected vs found: {diff})")
+    weights = _read_weights(path)
     weights_file = path / MODEL_FILE
-    if not weights_file.exists():
-        raise CheckpointError(f"{weights_file}: file not found")
-    weights = read_safetensors(weights_file, CheckpointError)
     model = InteractionModel(cfg)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
@@ -112,6 +110,19 @@ def load_checkpoint(
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )
     model.load_state_dict(weights)
+    tokenizer = _read_tokenizer(path, cfg)
+    model.attach_tokenizer(tokenizer)
+    return model.eval(), tokenizer, config
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    weights_file = path / MODEL_FILE
+    if not weights_file.exists():
+        raise CheckpointError(f"{weights_file}: file not found")
+    return read_safetensors(weights_file, CheckpointError)
+
+
+def _read_tokenizer(path: Path, cfg: ModelConfig) -> TextTokenizer:
     tokenizer_file = path / TOKENIZER_FILE
     try:
         tokenizer = TextTokenizer.load(tokenizer_file)
@@ -121,4 +132,20 @@ def load_checkpoint(
         raise CheckpointError(
             f"{tokenizer_file}: {tokenizer.vocab_size} tokens but the model has {cfg.vocab_size}"
         )
-    return model.eval(), tokenizer, config
+    return tokenizer
+
+
+def init_from_checkpoint(model: InteractionModel, path: str | Path) -> tuple[TextTokenizer, list[str]]:
+    """Fine-tuning start: every weight of the checkpoint whose name and shape fit `model` is copied in (the
+    model may have grown a head or a block since); returns the checkpoint's tokenizer and the names of the
+    parameters that start fresh. At least the trunk must fit, or this is another model."""
+    path = resolve_checkpoint(path)
+    weights = _read_weights(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("blocks.") for k in fits):
+        raise CheckpointError(f"{path / MODEL_FILE}: no transformer block fits this model config")
+    model.load_state_dict(fits, strict=False)
+    tokenizer = _read_tokenizer(path, model.cfg)
+    model.attach_tokenizer(tokenizer)
+    return tokenizer, sorted(set(own) - set(fits))

@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import MLP, RMSNorm
+from .speech import N_CHAR_IDS, WIDTH
 
 
 class SlotTextDecoder(nn.Module):
@@ -81,7 +82,9 @@ class FlowBlock(nn.Module):
 
 class FlowMelHead(nn.Module):
     """Conditional flow matching (Lipman et al. 2022, OT path) over one micro-turn of normalised log-mel
-    [frames, n_mels], conditioned on the hidden state plus the embeddings of the chosen text tokens."""
+    [frames, n_mels], conditioned on the hidden state plus the embeddings of the chosen text tokens, and
+    per frame on the characters being said (model/speech.py: context ids [N, frames, WIDTH], fraction
+    [N, frames])."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -90,10 +93,17 @@ class FlowMelHead(nn.Module):
         self.cond = nn.Linear(cfg.d_model, fd)
         self.inp = nn.Linear(cfg.n_mels, fd)
         self.frame_pos = nn.Parameter(torch.randn(cfg.frames, fd) * 0.02)
+        self.chars = nn.Embedding(WIDTH * N_CHAR_IDS, fd)  # one table per context offset
+        self.char_frac = nn.Linear(1, fd)
         self.time = nn.Sequential(nn.Linear(fd, fd), nn.SiLU(), nn.Linear(fd, fd))
         self.blocks = nn.ModuleList(FlowBlock(fd) for _ in range(cfg.flow_layers))
         self.norm = RMSNorm(fd)
         self.out = nn.Linear(fd, cfg.n_mels)
+
+    def frame_features(self, char_ids: torch.Tensor, char_frac: torch.Tensor) -> torch.Tensor:
+        """[N, frames, WIDTH] ids and [N, frames] fractions -> [N, frames, flow_dim]."""
+        offsets = torch.arange(WIDTH, device=char_ids.device) * N_CHAR_IDS
+        return self.chars(char_ids + offsets).sum(-2) + self.char_frac(char_frac[..., None])
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
         """Flow times [..] -> [.., flow_dim]."""
@@ -106,17 +116,27 @@ class FlowMelHead(nn.Module):
         cond_features: torch.Tensor,
         time_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [N, frames, n_mels], t [N], cond_features = self.cond(hidden + text) [N, flow_dim]
-        -> predicted velocity like x. `time_features` = self.time_features(t) if already computed."""
+        """x [N, frames, n_mels], t [N], cond_features = self.cond(hidden + text)[:, None] + frame_features
+        [N, frames, flow_dim] -> predicted velocity like x. `time_features` = self.time_features(t) if
+        already computed."""
         if time_features is None:
             time_features = self.time_features(t)
-        h = self.inp(x) + self.frame_pos + (cond_features + time_features)[:, None]
+        h = self.inp(x) + self.frame_pos + cond_features + time_features.unsqueeze(-2)
         for block in self.blocks:
             h = block(h)
         return self.out(self.norm(h))
 
+    def condition(self, cond: torch.Tensor, char_ids: torch.Tensor, char_frac: torch.Tensor) -> torch.Tensor:
+        """Everything but x and t, the same at every Euler step: [N, frames, flow_dim]."""
+        return self.cond(cond)[:, None] + self.frame_features(char_ids, char_frac)
+
     def loss(
-        self, target: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None
+        self,
+        target: torch.Tensor,
+        cond: torch.Tensor,
+        char_ids: torch.Tensor,
+        char_frac: torch.Tensor,
+        generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Flow-matching MSE for targets [N, frames, n_mels] in [-1, 1]."""
         x0 = torch.randn(target.shape, generator=generator).to(target.device)
@@ -124,12 +144,19 @@ class FlowMelHead(nn.Module):
         tt = t[:, None, None]
         xt = (1 - (1 - self.sigma_min) * tt) * x0 + tt * target
         v_target = target - (1 - self.sigma_min) * x0
-        return F.mse_loss(self.velocity(xt, t, self.cond(cond)), v_target)
+        return F.mse_loss(self.velocity(xt, t, self.condition(cond, char_ids, char_frac)), v_target)
 
-    def sample(self, noise: torch.Tensor, cond: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        noise: torch.Tensor,
+        cond: torch.Tensor,
+        char_ids: torch.Tensor,
+        char_frac: torch.Tensor,
+        steps: int | None = None,
+    ) -> torch.Tensor:
         """Euler integration from noise [N, frames, n_mels] at t=0 to t=1."""
         steps = steps or self.steps
-        x, cond_features = noise, self.cond(cond)  # the condition is the same at every step
+        x, cond_features = noise, self.condition(cond, char_ids, char_frac)  # the same at every step
         # so are the time features of step i for every row: one call for all steps, whatever the batch
         times = self.time_features(torch.tensor([i / steps for i in range(steps)], device=x.device))
         for i in range(steps):

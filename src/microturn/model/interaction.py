@@ -33,6 +33,7 @@ from .layers import (
     rope_tables,
     sliding_causal_mask,
 )
+from .speech import Graphemes, SpeechSchedule, schedule_condition
 from .streaming import StepInputs, StepOutput, StreamState
 from .tokenizer import BOS, PAD
 
@@ -60,6 +61,8 @@ class TurnBatch:
     speaking: torch.Tensor  # [B, T] long 0/1
     text: torch.Tensor  # [B, T, K] long, pad 0
     mel: torch.Tensor  # [B, T, frames, n_mels] normalised log-mel of the assistant
+    mel_chars: torch.Tensor  # [B, T, frames, speech.WIDTH] long: characters said at each frame (speech.py)
+    mel_char_frac: torch.Tensor  # [B, T, frames] float: each frame's fraction into its character
     out_dmel: torch.Tensor  # [B, T, frames, n_mels] long: dMel of what plays (log floor when silent)
     floor: torch.Tensor  # [B, T] long, index into FLOOR_STATES
     user_text: torch.Tensor  # [B, T, K] long: user words started in micro-turn t - delay
@@ -102,6 +105,13 @@ class InteractionModel(nn.Module):
         self.floor_head = nn.Linear(d, len(FLOOR_STATES))
         self.user_text_head = nn.Linear(d, k * d)  # K parallel slots through the tied text table
         self.apply(self._init)
+        # the characters of each token, for the streaming speech schedule: set by `attach_tokenizer`
+        # (load_checkpoint does); without it the mel head is told no characters
+        self.graphemes: Graphemes | None = None
+
+    def attach_tokenizer(self, tokenizer) -> None:
+        """Tell the streaming step which characters each token id says (a `TextTokenizer`)."""
+        self.graphemes = Graphemes.of(tokenizer)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -202,7 +212,8 @@ class InteractionModel(nn.Module):
         speaking = batch.speaking[valid].bool()
         if bool(speaking.any()):
             cond = h[speaking] + self.embed_text_slots(text[speaking])
-            losses["mel"] = self.mel_head.loss(batch.mel[valid][speaking], cond, generator)
+            chars, frac = batch.mel_chars[valid][speaking], batch.mel_char_frac[valid][speaking]
+            losses["mel"] = self.mel_head.loss(batch.mel[valid][speaking], cond, chars, frac, generator)
         else:
             losses["mel"] = hidden.sum() * 0.0  # keeps every parameter in the graph (DDP)
         return losses
@@ -223,6 +234,7 @@ class InteractionModel(nn.Module):
             turn=torch.zeros(batch_size, dtype=torch.long, device=device),
             seeds=seeds.to(device),
             out_token=torch.zeros(batch_size, cfg.d_model, device=device),
+            speech=[SpeechSchedule() for _ in range(batch_size)],
         )
 
     def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -301,14 +313,20 @@ class InteractionModel(nn.Module):
                 rows = speaking.nonzero()[:, 0]
                 text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD)
 
+        # what each speaking session says at each frame of the next window: its schedule plus these tokens
+        for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
+            schedule.say(tokens, talking, self.graphemes, cfg.speech_rates)
         mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
         if teacher is not None:
             mel_norm = teacher.mel.clone()
         elif bool(speaking.any()):
             rows = speaking.nonzero()[:, 0]
             cond = hidden[rows] + self.embed_text_slots(text[rows])
+            chars, frac = schedule_condition([state.speech[r] for r in rows.tolist()], cfg.frames)
             noise = self._session_noise(state, rows)
-            mel_norm[rows] = self.mel_head.sample(noise, cond, flow_steps).clamp(-1.0, 1.0)
+            mel_norm[rows] = self.mel_head.sample(noise, cond, chars, frac, flow_steps).clamp(-1.0, 1.0)
+        for schedule in state.speech:
+            schedule.advance(cfg.frames)
         mel = emitted_log_mel(mel_norm, speaking)
 
         out_dmel = audio.dmel(mel, cfg.dmel_bins)

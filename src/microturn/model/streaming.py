@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .speech import SpeechSchedule
+
 
 @dataclass
 class StreamState:
@@ -22,6 +24,7 @@ class StreamState:
     # [B, d_model]: the embedding of the last micro-turn's out token (position 2 * turn - 1), not yet in the
     # KV rings: it enters the trunk together with the next in token (one pass for both); zeros at turn 0
     out_token: torch.Tensor
+    speech: list[SpeechSchedule]  # per session: the characters still to be said (mel head condition)
 
     @property
     def batch_size(self) -> int:
@@ -37,6 +40,7 @@ class StreamState:
             turn=self.turn[index],
             seeds=self.seeds[index],
             out_token=self.out_token[index],
+            speech=[self.speech[i].copy() for i in index.tolist()],
         )
 
     @staticmethod
@@ -50,6 +54,7 @@ class StreamState:
             turn=torch.cat([s.turn for s in states]),
             seeds=torch.cat([s.seeds for s in states]),
             out_token=torch.cat([s.out_token for s in states]),
+            speech=[schedule.copy() for s in states for schedule in s.speech],
         )
 
 

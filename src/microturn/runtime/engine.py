@@ -114,6 +114,7 @@ class BatchState:
             m.turn[one],
             m.seeds[one],
             m.out_token[one],
+            m.speech[one],  # the same schedule objects: stepping the row updates them
         )
         voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
         resampler = ResamplerState(
@@ -128,6 +129,7 @@ class Engine:
     ):
         self.config = config
         self.model = model.eval()
+        self.model.attach_tokenizer(tokenizer)  # the speech schedule reads each emitted token's characters
         self.vocoder = vocoder.eval()
         self.tokenizer = tokenizer
         cfg = model.cfg

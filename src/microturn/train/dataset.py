@@ -6,9 +6,9 @@ it cheap) so memory stays flat however large the corpus is. A crop's user channe
 fly, then both channels go through the shared causal log-mel of `audio`.
 
 Label tracks are indexed by global micro-turn. For the heads at in_t (which predict micro-turn t + 1):
-`speaking`/`floor` are indexed by the window they describe, `text` by the in token that must emit it
-(the word's window - 1), `user_text` by the in token that names it (the word's window + delay), `bg` by
-the in token that receives it (the shared queue rule of `model.queues`).
+`speaking`/`floor`/`mel_chars`/`mel_char_frac` are indexed by the window they describe, `text` by the in
+token that must emit it (the word's window - 1), `user_text` by the in token that names it (the word's
+window + delay), `bg` by the in token that receives it (the shared queue rule of `model.queues`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..data.corpus import is_complete, load_conversation, load_manifest
 from ..model.config import ModelConfig
 from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
 from ..model.queues import arrival_turn, render_queued_stream
+from ..model.speech import Graphemes, frame_condition, word_spans
 from ..model.tokenizer import PAD, TextTokenizer
 from .augment import AugmentConfig, augment_user
 
@@ -50,6 +51,7 @@ class ConversationText:
     duration_s: float
     words: list[tuple[str, str, float, float, tuple[int, ...]]]  # speaker, utterance kind, start, end, ids
     background: list[tuple[float, list[int]]]  # arrival time, token ids
+    spoken: list[tuple[int, ...]]  # per word: the character ids said (model/speech.py), from its tokens
     video: dict | None = None  # the scene spec of a video episode (data/video.py), rendered per crop
 
 
@@ -61,6 +63,7 @@ def read_conversations(
     earlier read) are reused, not read again."""
     dirs = [Path(d) for d in str(corpus_dir).split(",") if d]
     cached = {c.folder: c for c in known}
+    graphemes = Graphemes.of(tokenizer)
     out = []
     for corpus_dir, entry in ((d, e) for d in dirs for e in load_manifest(d)):
         folder = corpus_dir / entry["path"]
@@ -87,7 +90,8 @@ def read_conversations(
         ]
         background = [(b.time, tokenizer.encode(b.text)) for b in conv.background]
         spec = conv.video["spec"] if conv.video is not None else None
-        out.append(ConversationText(conv.id, folder, conv.duration_s, words, background, spec))
+        spoken = [graphemes.word(ids) for *_, ids in words]
+        out.append(ConversationText(conv.id, folder, conv.duration_s, words, background, spoken, spec))
     if not out:
         raise ValueError(f"{','.join(map(str, dirs))}: no complete conversations in the manifest")
     return out
@@ -137,13 +141,37 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
         k,
     )
     bg = render_queued_stream([(arrival_turn(t * time_scale, ts), ids) for t, ids in conv.background], n, 1)
+    mel_chars, mel_char_frac = _frame_characters(conv, words, n, cfg)
     return {
+        "mel_chars": mel_chars,
+        "mel_char_frac": mel_char_frac,
         "speaking": speaking.astype(np.int64),
         "floor": floor.astype(np.int64),
         "text": _slots(text, k),
         "user_text": _slots(user_text, k),
         "bg": np.array([ids[0] if ids else -1 for ids in bg], dtype=np.int64),
     }
+
+
+def _frame_characters(
+    conv: ConversationText, words: list[tuple], n: int, cfg: ModelConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the assistant says at every mel frame of micro-turns 0..n-1 (model/speech.py), from the
+    (time-scaled) word times: uint8 ids [n, frames, WIDTH], float16 fractions [n, frames]."""
+    per_s = cfg.frames * 1000.0 / cfg.micro_turn_ms  # frames per second
+    spans = word_spans(
+        sorted(
+            (s * per_s, e * per_s, chars)
+            for (spk, _, s, e, _), chars in zip(words, conv.spoken, strict=True)
+            if spk == "assistant" and chars and e > s
+        )
+    )
+    times = torch.arange(n * cfg.frames, dtype=torch.float64)[None] + 0.5
+    ids, frac = frame_condition(*spans, times)
+    return (
+        ids.view(n, cfg.frames, -1).numpy().astype(np.uint8),
+        frac.view(n, cfg.frames).numpy().astype(np.float16),
+    )
 
 
 def _segment(wave: np.ndarray, begin: int, end: int) -> np.ndarray:
@@ -234,6 +262,8 @@ class CropRenderer:
             "speaking": speaking,
             "text": window("text", 0),
             "mel": mel,
+            "mel_chars": window("mel_chars", 1).long(),
+            "mel_char_frac": window("mel_char_frac", 1).float(),
             "out_dmel": audio.dmel(emitted_log_mel(mel, speaking), cfg.dmel_bins),
             "floor": window("floor", 1),
             "user_text": window("user_text", 0),

@@ -25,6 +25,7 @@ from microturn.files import atomic_write_text
 from ..data.chitchat import load_chats
 from ..model.checkpoint import (
     OPTIMIZER_FILE,
+    init_from_checkpoint,
     load_checkpoint,
     read_config,
     resolve_checkpoint,
@@ -204,10 +205,12 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
     else:
         if resume and env.rank == 0:
             print(f"no checkpoint in {run}: starting from scratch", flush=True)
-        if opts.init:  # fine-tuning: new data/schedule; the weights must fit this config's shapes
-            loaded, tokenizer, _ = load_checkpoint(opts.init)
+        if opts.init:  # fine-tuning: new data/schedule; weights that fit this config's shapes are copied
+            torch.manual_seed(opts.seed)  # what starts fresh is seeded
             model = InteractionModel(cfg)
-            model.load_state_dict(loaded.state_dict())
+            tokenizer, fresh = init_from_checkpoint(model, opts.init)
+            if env.rank == 0 and fresh:
+                print(f"--init {opts.init}: {len(fresh)} tensors start fresh: {', '.join(fresh)}", flush=True)
         else:
             tokenizer = _shared_tokenizer(opts, run, cfg.vocab_size, env)
             torch.manual_seed(opts.seed)
