@@ -9,6 +9,7 @@ import torch
 
 from microturn import audio
 from microturn.model.config import get_config
+from microturn.model.copying import CopyPointer
 from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel
 from microturn.model.speech import N_CHAR_IDS, WIDTH
 from microturn.model.streaming import StepInputs, StepTeacher, StreamState
@@ -24,14 +25,22 @@ def random_batch(cfg, b: int, t: int, seed: int, video: bool = False) -> TurnBat
     mel = torch.rand(b, t, cfg.frames, cfg.n_mels, generator=g) * 2 - 1
     text = torch.randint(3, cfg.vocab_size, (b, t, k), generator=g) * (torch.rand(b, t, k, generator=g) < 0.3)
     bg = torch.randint(3, cfg.vocab_size, (b, t), generator=g)
+    bg_tokens = torch.where(torch.rand(b, t, generator=g) < 0.2, bg, -1)
+    text_copy = torch.full((b, t, k), -1)
+    for r in range(b):  # the candidates the streaming step's pointer offers (the dataset's rule)
+        pointer = CopyPointer()
+        for i in range(t):
+            pointer.hear([int(bg_tokens[r, i])])
+            text_copy[r, i] = torch.tensor(pointer.slot_candidates(text[r, i].tolist(), k, 0))
     batch = TurnBatch(
         user_dmel=torch.randint(0, cfg.dmel_bins, (b, t, cfg.frames, cfg.n_mels), generator=g),
         turn_index=torch.arange(t).expand(b, t).clone(),
-        bg_tokens=torch.where(torch.rand(b, t, generator=g) < 0.2, bg, -1),
+        bg_tokens=bg_tokens,
         typed_tokens=torch.where(torch.rand(b, t, generator=g) < 0.1, bg.flip(1), -1),
         gap=torch.rand(b, t, generator=g) < 0.05,
         speaking=speaking,
         text=text,
+        text_copy=text_copy,
         mel=mel,
         mel_chars=torch.randint(0, N_CHAR_IDS, (b, t, cfg.frames, WIDTH), generator=g),
         mel_char_frac=torch.rand(b, t, cfg.frames, generator=g),
@@ -72,10 +81,12 @@ def make_model(**overrides) -> InteractionModel:
 def test_step_path_matches_training_forward_over_30_seconds(video):
     model = make_model(video_size=80)  # small frames keep the video case fast
     batch = random_batch(model.cfg, b=2, t=150, seed=1, video=video)  # 150 micro-turns = 30 s > window
+    assert (batch.text_copy >= 0).float().mean() > 0.5  # the copy candidates are exercised
     with torch.no_grad():
+        model.text_head.copy_bonus.bias.fill_(3.0)
         hidden = model(batch)
         prev = torch.cat([torch.full_like(batch.text[..., :1], 2), batch.text[..., :-1]], dim=-1)
-        text_logits = model.text_head.logits(hidden, prev)
+        text_logits = model.text_head.logits(hidden, prev, batch.text_copy)
     outs = run_steps(model, batch)
     step_hidden = torch.stack([o.hidden for o in outs], dim=1)
     torch.testing.assert_close(step_hidden, hidden, atol=1e-4, rtol=1e-4)

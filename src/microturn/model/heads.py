@@ -9,13 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .copying import CopyPointer
 from .layers import MLP, RMSNorm
 from .speech import N_CHAR_IDS, WIDTH
 
 
 class SlotTextDecoder(nn.Module):
     """Up to K text tokens per micro-turn, autoregressive over slots: slot i sees the hidden state, the token
-    of slot i-1 (BOS for slot 0) and its slot position. Unembedding is tied to the shared text table."""
+    of slot i-1 (BOS for slot 0) and its slot position. Unembedding is tied to the shared text table. Each
+    slot may have a copy candidate (model/copying.py: the next unsaid background token), whose logit gets
+    a learned bonus."""
 
     def __init__(self, cfg: ModelConfig, text_embedding: nn.Embedding):
         super().__init__()
@@ -25,28 +28,42 @@ class SlotTextDecoder(nn.Module):
         self.slot_pos = nn.Parameter(torch.randn(cfg.text_slots, cfg.d_model) * 0.02)
         self.norm1, self.norm2 = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, 2 * cfg.d_model, "gelu")
+        self.copy_bonus = nn.Linear(cfg.d_model, 1)
 
-    def _slot_logits(self, base: torch.Tensor, prev_tokens: torch.Tensor, first_slot: int) -> torch.Tensor:
+    def _slot_logits(
+        self, base: torch.Tensor, prev_tokens: torch.Tensor, first_slot: int, candidates: torch.Tensor
+    ) -> torch.Tensor:
         s = prev_tokens.shape[-1]
         x = base[..., None, :] + self.text_embedding(prev_tokens) + self.slot_pos[first_slot : first_slot + s]
-        x = x + self.mlp(self.norm1(x))
-        return self.norm2(x) @ self.text_embedding.weight.T
+        x = self.norm2(x + self.mlp(self.norm1(x)))
+        logits = x @ self.text_embedding.weight.T
+        bonus = self.copy_bonus(x) * (candidates >= 0)[..., None]
+        return logits.scatter_add(-1, candidates.clamp(min=0)[..., None], bonus)
 
-    def logits(self, hidden: torch.Tensor, prev_tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: hidden [..., d], prev_tokens [..., K] (BOS, then slots 0..K-2) -> [..., K, V]."""
-        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0)
+    def logits(
+        self, hidden: torch.Tensor, prev_tokens: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing: hidden [..., d], prev_tokens [..., K] (BOS, then slots 0..K-2), copy candidates
+        [..., K] (-1 none) -> [..., K, V]."""
+        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0, candidates)
 
-    def greedy(self, hidden: torch.Tensor, bos: int, pad: int) -> torch.Tensor:
-        """Streaming decode: tokens [B, K], pad after the first pad. Slots depend on each other only through
-        the previous token, so each slot costs one vocabulary projection, and none once every row ended."""
+    def greedy(self, hidden: torch.Tensor, bos: int, pad: int, pointers: list[CopyPointer]) -> torch.Tensor:
+        """Streaming decode: tokens [B, K], pad after the first pad; each row's copy pointer follows what it
+        says. Slots depend on each other only through the previous token, so each slot costs one vocabulary
+        projection, and none once every row ended."""
         base = self.from_hidden(hidden)
         token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
         tokens = torch.full((hidden.shape[0], self.slots), pad, dtype=torch.long, device=hidden.device)
         ended = torch.zeros_like(token, dtype=torch.bool)
         for i in range(self.slots):
-            token = self._slot_logits(base, token[:, None], i)[:, 0].argmax(-1).masked_fill(ended, pad)
+            candidates = torch.tensor([p.candidate() for p in pointers], device=hidden.device)
+            logits = self._slot_logits(base, token[:, None], i, candidates[:, None])[:, 0]
+            token = logits.argmax(-1).masked_fill(ended, pad)
             tokens[:, i] = token
             ended |= token == pad
+            for pointer, said, done in zip(pointers, token.tolist(), ended.tolist(), strict=True):
+                if not done:
+                    pointer.said(said)
             if bool(ended.all()):
                 break
         return tokens

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import audio
 from .config import FLOOR_STATES, ModelConfig
+from .copying import CopyPointer
 from .heads import FlowMelHead, SlotTextDecoder
 from .layers import (
     Block,
@@ -60,6 +61,7 @@ class TurnBatch:
     gap: torch.Tensor  # [B, T] bool
     speaking: torch.Tensor  # [B, T] long 0/1
     text: torch.Tensor  # [B, T, K] long, pad 0
+    text_copy: torch.Tensor  # [B, T, K] long: each slot's copy candidate (model/copying.py), -1 none
     mel: torch.Tensor  # [B, T, frames, n_mels] normalised log-mel of the assistant
     mel_chars: torch.Tensor  # [B, T, frames, speech.WIDTH] long: characters said at each frame (speech.py)
     mel_char_frac: torch.Tensor  # [B, T, frames] float: each frame's fraction into its character
@@ -105,6 +107,9 @@ class InteractionModel(nn.Module):
         self.floor_head = nn.Linear(d, len(FLOOR_STATES))
         self.user_text_head = nn.Linear(d, k * d)  # K parallel slots through the tied text table
         self.apply(self._init)
+        nn.init.zeros_(
+            self.text_head.copy_bonus.weight
+        )  # copying starts off: a fine-tune starts where it was
         # the characters of each token, for the streaming speech schedule: set by `attach_tokenizer`
         # (load_checkpoint does); without it the mel head is told no characters
         self.graphemes: Graphemes | None = None
@@ -203,7 +208,9 @@ class InteractionModel(nn.Module):
         text = batch.text[valid]
         losses = {
             "gate": F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], batch.speaking[valid].float()),
-            "text": F.cross_entropy(self.text_head.logits(h, prev).flatten(0, 1), text.flatten()),
+            "text": F.cross_entropy(
+                self.text_head.logits(h, prev, batch.text_copy[valid]).flatten(0, 1), text.flatten()
+            ),
             "floor": F.cross_entropy(self.floor_head(h), batch.floor[valid]),
             "user_text": F.cross_entropy(
                 self.user_text_logits(h).flatten(0, 1), batch.user_text[valid].flatten()
@@ -235,6 +242,7 @@ class InteractionModel(nn.Module):
             seeds=seeds.to(device),
             out_token=torch.zeros(batch_size, cfg.d_model, device=device),
             speech=[SpeechSchedule() for _ in range(batch_size)],
+            copy=[CopyPointer() for _ in range(batch_size)],
         )
 
     def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -277,10 +285,13 @@ class InteractionModel(nn.Module):
                 f"got {list(inputs.user_dmel.shape)}"
             )
         none = torch.full((b,), -1, dtype=torch.long)
+        bg = none if inputs.bg_token is None else inputs.bg_token
+        for pointer, token in zip(state.copy, bg.tolist(), strict=True):
+            pointer.hear([token])
         x_in = self.embed_in(
             inputs.user_dmel,
             state.turn,
-            none if inputs.bg_token is None else inputs.bg_token,
+            bg,
             none if inputs.typed_token is None else inputs.typed_token,
             torch.zeros(b, dtype=torch.bool) if inputs.gap is None else inputs.gap,
             inputs.video,
@@ -299,7 +310,9 @@ class InteractionModel(nn.Module):
             speaking = teacher.speaking.bool()
             text = teacher.text
             prev = torch.cat([torch.full_like(text[:, :1], BOS), text[:, :-1]], dim=1)
-            text_logits = self.text_head.logits(hidden, prev)
+            pairs = zip(state.copy, text.tolist(), strict=True)
+            candidates = torch.tensor([p.slot_candidates(row, cfg.text_slots, PAD) for p, row in pairs])
+            text_logits = self.text_head.logits(hidden, prev, candidates)
         else:
             text_logits = None
             speaking = prob > cfg.gate_threshold
@@ -311,7 +324,8 @@ class InteractionModel(nn.Module):
             text = torch.full((b, cfg.text_slots), PAD, dtype=torch.long)
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
-                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD)
+                pointers = [state.copy[r] for r in rows.tolist()]
+                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers)
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .copying import CopyPointer
 from .speech import SpeechSchedule
 
 
@@ -25,6 +26,7 @@ class StreamState:
     # KV rings: it enters the trunk together with the next in token (one pass for both); zeros at turn 0
     out_token: torch.Tensor
     speech: list[SpeechSchedule]  # per session: the characters still to be said (mel head condition)
+    copy: list[CopyPointer]  # per session: the background tokens not yet said (text head copy candidates)
 
     @property
     def batch_size(self) -> int:
@@ -41,6 +43,7 @@ class StreamState:
             seeds=self.seeds[index],
             out_token=self.out_token[index],
             speech=[self.speech[i].copy() for i in index.tolist()],
+            copy=[self.copy[i].copy() for i in index.tolist()],
         )
 
     @staticmethod
@@ -55,6 +58,7 @@ class StreamState:
             seeds=torch.cat([s.seeds for s in states]),
             out_token=torch.cat([s.out_token for s in states]),
             speech=[schedule.copy() for s in states for schedule in s.speech],
+            copy=[pointer.copy() for s in states for pointer in s.copy],
         )
 
 

@@ -114,7 +114,8 @@ class BatchState:
             m.turn[one],
             m.seeds[one],
             m.out_token[one],
-            m.speech[one],  # the same schedule objects: stepping the row updates them
+            m.speech[one],  # the same schedule and pointer objects: stepping the row updates them
+            m.copy[one],
         )
         voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
         resampler = ResamplerState(

@@ -6,9 +6,10 @@ it cheap) so memory stays flat however large the corpus is. A crop's user channe
 fly, then both channels go through the shared causal log-mel of `audio`.
 
 Label tracks are indexed by global micro-turn. For the heads at in_t (which predict micro-turn t + 1):
-`speaking`/`floor`/`mel_chars`/`mel_char_frac` are indexed by the window they describe, `text` by the in
-token that must emit it (the word's window - 1), `user_text` by the in token that names it (the word's
-window + delay), `bg` by the in token that receives it (the shared queue rule of `model.queues`).
+`speaking`/`floor`/`mel_chars`/`mel_char_frac` are indexed by the window they describe, `text` (and its
+copy candidates `text_copy`) by the in token that must emit it (the word's window - 1), `user_text` by the
+in token that names it (the word's window + delay), `bg` by the in token that receives it (the shared
+queue rule of `model.queues`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .. import audio
 from ..data import video as scenes
 from ..data.corpus import is_complete, load_conversation, load_manifest
 from ..model.config import ModelConfig
+from ..model.copying import NO_CANDIDATE, CopyPointer
 from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
 from ..model.queues import arrival_turn, render_queued_stream
 from ..model.speech import Graphemes, frame_condition, word_spans
@@ -142,7 +144,12 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
     )
     bg = render_queued_stream([(arrival_turn(t * time_scale, ts), ids) for t, ids in conv.background], n, 1)
     mel_chars, mel_char_frac = _frame_characters(conv, words, n, cfg)
+    pointer, text_copy = CopyPointer(), np.full((n, k), NO_CANDIDATE, dtype=np.int64)
+    for t in range(n):  # what the streaming step's pointer offers each slot (model/copying.py)
+        pointer.hear(bg[t])
+        text_copy[t] = pointer.slot_candidates(text[t], k, PAD)
     return {
+        "text_copy": text_copy,
         "mel_chars": mel_chars,
         "mel_char_frac": mel_char_frac,
         "speaking": speaking.astype(np.int64),
@@ -245,7 +252,7 @@ class CropRenderer:
         def window(name: str, offset: int) -> torch.Tensor:
             """`length` entries from start + offset; past the conversation's end: silence, no text."""
             track = tracks[name][start + offset : start + offset + length]
-            fill = -1 if name == "bg" else 0  # 0 = listening / not speaking / PAD
+            fill = -1 if name in ("bg", "text_copy") else 0  # 0 = listening / not speaking / PAD
             missing = [(0, length - len(track))] + [(0, 0)] * (track.ndim - 1)
             return torch.from_numpy(np.pad(track, missing, constant_values=fill))
 
@@ -261,6 +268,7 @@ class CropRenderer:
             "gap": gap,
             "speaking": speaking,
             "text": window("text", 0),
+            "text_copy": window("text_copy", 0),
             "mel": mel,
             "mel_chars": window("mel_chars", 1).long(),
             "mel_char_frac": window("mel_char_frac", 1).float(),
