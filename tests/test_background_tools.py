@@ -237,3 +237,8 @@ def test_eval_scores_delivery_delay_and_talk_over() -> None:
     assert second == {"task": "bg2", "status": "failed", "text": ""}
     summary = summarise([result], 0.5)
     assert (summary["answers"], summary["delivered"], summary["tasks_failed"]) == (1, 1.0, 1)
+    # the text head meant the answer but the voice lost it: delivered in text, not in speech
+    meant = score_episode("ep", events, words, [], t0)["answers"]
+    heard = score_episode("ep", events, words[:1], [], t0)
+    summary = summarise([{**heard, "answers_text": meant}], 0.5)
+    assert (summary["delivered"], summary["delivered_text"]) == (0.0, 1.0)

@@ -5,7 +5,8 @@ the reply's content arrives later through the background stream) are streamed in
 engine session with a `BackgroundWorker` on the chosen backend (embedded SmolLM2 or an OpenAI-compatible
 URL); the worker is started by the session's own user-turn ends, exactly as in the server. Measured:
 - delivered: the share of answers whose content words appear in what the model then said (its output
-  audio transcribed by Whisper tiny.en: word overlap with the answer >= `--overlap`);
+  audio transcribed by Whisper tiny.en: word overlap with the answer >= `--overlap`); `delivered_text` is
+  the same score on the words of its text head (what it meant to say), which separates content from voice;
 - first_word_delay_s: from an answer's first sentence reaching the session to the model's first word after;
 - talk_over_user_s: seconds the model spoke while the user was speaking (the corpus's user words), from
   an answer's arrival to the end of the episode (target 0);
@@ -90,7 +91,8 @@ def run_episode(
     spoken = transcribe_output(chunks)
     user_spans = [(w.start, w.end) for w in conversation.words if w.speaker == "user" and w.start < max_s]
     result = score_episode(folder.name, worker.events, spoken, user_spans, started)
-    return {**result, "model_text_words": len(words)}
+    meant = score_episode(folder.name, worker.events, words, user_spans, started)
+    return {**result, "answers_text": meant["answers"], "model_text_words": len(words)}
 
 
 def transcribe_output(chunks: list[tuple[float, np.ndarray]]) -> list[dict]:
@@ -162,10 +164,15 @@ def score_episode(
     }
 
 
+def _delivered(answers: list[dict], min_overlap: float) -> float | None:
+    with_text = [a for a in answers if a["text"]]
+    delivered = [a for a in with_text if a["overlap"] >= min_overlap]
+    return round(len(delivered) / len(with_text), 3) if with_text else None
+
+
 def summarise(episodes: list[dict], min_overlap: float) -> dict:
     answers = [a for e in episodes for a in e["answers"]]
     with_text = [a for a in answers if a["text"]]
-    delivered = [a for a in with_text if a["overlap"] >= min_overlap]
     delays = [a["first_word_delay_s"] for a in with_text if a["first_word_delay_s"] is not None]
     backend = [a["turn_end_to_answer_s"] for a in with_text]
     return {
@@ -173,7 +180,8 @@ def summarise(episodes: list[dict], min_overlap: float) -> dict:
         "tasks": len(answers),
         "tasks_failed": sum(a["status"] == "failed" for a in answers),
         "answers": len(with_text),
-        "delivered": round(len(delivered) / len(with_text), 3) if with_text else None,
+        "delivered": _delivered(answers, min_overlap),
+        "delivered_text": _delivered([a for e in episodes for a in e.get("answers_text", [])], min_overlap),
         "mean_overlap": round(float(np.mean([a["overlap"] for a in with_text])), 3) if with_text else None,
         "first_word_delay_s_median": round(float(np.median(delays)), 2) if delays else None,
         "talk_over_user_s": round(sum(a["talk_over_user_s"] for a in with_text), 2),

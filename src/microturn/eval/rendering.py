@@ -94,7 +94,8 @@ def rendering_wer(
         heard = {}
         for name, (chars, frac) in conditions.items():
             generator = torch.Generator().manual_seed(seed + row)
-            noise = torch.randn(int(speaking.sum()), model.cfg.frames, model.cfg.n_mels, generator=generator)
+            shape = (int(speaking.sum()), model.cfg.frames, model.cfg.n_mels)
+            noise = torch.randn(shape, generator=generator) * model.cfg.flow_temperature
             mel = batch.mel[row].clone()
             mel[speaking] = model.mel_head.sample(noise, cond, chars, frac).clamp(-1.0, 1.0)
             heard[name] = transcribe(_vocode(models, emitted_log_mel(mel, speaking).flatten(0, 1)))["text"]

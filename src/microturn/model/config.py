@@ -37,6 +37,9 @@ class ModelConfig:
     flow_layers: int = 3
     flow_steps: int = 6  # Euler steps at inference
     flow_sigma_min: float = 1e-4
+    # start-noise scale at inference (Grad-TTS's temperature): below 1 trades variety for clarity, which
+    # a few Euler steps of a small head need (eval rendering measures it)
+    flow_temperature: float = 1.0
     gate_threshold: float = 0.5
     # the streaming speech schedule (model/speech.py): a word of n characters lasts word + n * char frames
     # and follows the previous one after gap frames; fitted to the corpus voice (least squares over 7.8k

@@ -264,7 +264,7 @@ class InteractionModel(nn.Module):
         noise = []
         for r in rows.tolist():
             g = torch.Generator().manual_seed((int(state.seeds[r]) * 1_000_003 + int(state.turn[r])) % 2**63)
-            noise.append(torch.randn(cfg.frames, cfg.n_mels, generator=g))
+            noise.append(torch.randn(cfg.frames, cfg.n_mels, generator=g) * cfg.flow_temperature)
         return torch.stack(noise).to(state.turn.device) if noise else torch.zeros(0, cfg.frames, cfg.n_mels)
 
     @torch.no_grad()
