@@ -16,7 +16,12 @@ from safetensors.torch import load_file
 from test_train_dataset import fixture_tokenizer, write_corpus
 
 from microturn.cli import main as cli_main
-from microturn.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from microturn.model.checkpoint import (
+    CheckpointError,
+    init_from_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel
 from microturn.train.loop import STREAMS, TrainOptions, train
@@ -141,6 +146,21 @@ def test_checkpoint_loads_and_bad_checkpoints_fail_clearly(tmp_path):
     (ckpt / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(ckpt)
+
+
+def test_init_copies_what_fits_and_names_what_starts_fresh(tmp_path):
+    """A fine-tune may grow the model (a second flow block): the rest is copied, the new part is named."""
+    tok = fixture_tokenizer()
+    torch.manual_seed(0)
+    small_head = InteractionModel(get_config("tiny", flow_layers=1))
+    ckpt = save_checkpoint(tmp_path / "ck", small_head, tok)
+    grown = InteractionModel(get_config("tiny", flow_layers=2))
+    tok2, fresh = init_from_checkpoint(grown, ckpt)
+    assert fresh and all(name.startswith("mel_head.blocks.1.") for name in fresh)
+    assert torch.equal(grown.blocks[0].attn.qkv.weight, small_head.blocks[0].attn.qkv.weight)
+    assert tok2.encode("thanks a lot") == tok.encode("thanks a lot") and grown.graphemes is not None
+    with pytest.raises(CheckpointError, match="no transformer block fits"):
+        init_from_checkpoint(InteractionModel(get_config("tiny", d_model=96)), ckpt)
 
 
 def test_cli_prints_params_and_rejects_bad_input(corpora, tmp_path, capsys):
