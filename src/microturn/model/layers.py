@@ -215,6 +215,12 @@ class ElapsedTime(nn.Module):
         return self.proj(torch.cat([angles.sin(), angles.cos()], dim=-1).float())
 
 
+def resize_video(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Frames [N, 3, H, W] (float) to the model's square input size: the one resize of the runtime (live
+    camera frames) and the training crops (scenes drawn at another size), so both see the same filter."""
+    return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True)
+
+
 class VideoStem(nn.Module):
     """hMLP patch stem (Touvron et al. 2022): per 40x40 patch, linear layers over 4x4 sub-patches of 10x10
     pixels, then 2x2 merges, then 1 (convolutions with kernel == stride are exactly per-patch linear maps),

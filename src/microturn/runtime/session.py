@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from microturn.model.layers import resize_video
 from microturn.model.queues import TokenQueue
 from microturn.model.tokenizer import PAD, TextTokenizer
 from microturn.runtime.input import NO_TOKEN, AudioInput
@@ -198,9 +198,7 @@ class Session:
         frame = torch.from_numpy(self._video).permute(2, 0, 1)[None].float() / 255.0
         self._video, self._last_video_turn = None, self.turn
         self.video_used += 1
-        return F.interpolate(frame, size=(self.video_size, self.video_size), mode="bilinear", antialias=True)[
-            0
-        ]
+        return resize_video(frame, self.video_size)[0]
 
     def take_inputs(self) -> TurnInputs:
         with self._lock:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import audio
 from ..data import video as scenes
@@ -29,6 +28,7 @@ from ..data.corpus import is_complete, load_conversation, load_manifest
 from ..model.config import ModelConfig
 from ..model.copying import NO_CANDIDATE, CopyPointer
 from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
+from ..model.layers import resize_video
 from ..model.queues import arrival_turn, render_queued_stream
 from ..model.speech import Graphemes, frame_condition, word_spans
 from ..model.tokenizer import PAD, TextTokenizer
@@ -292,9 +292,8 @@ class CropRenderer:
         times = [scenes.frame_time(t, ts) / time_scale for t in range(start, start + length)]
         frames = torch.from_numpy(scenes.render_frames(conv.video, times)).permute(0, 3, 1, 2)
         size = self.cfg.video_size
-        if frames.shape[-1] != size:  # the runtime's resize (session.py)
-            frames = F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True)
-            frames = frames.round().clamp(0, 255).to(torch.uint8)
+        if frames.shape[-1] != size:  # the runtime's resize, kept as bytes until the model
+            frames = resize_video(frames.float(), size).round().clamp(0, 255).to(torch.uint8)
         present = torch.ones(length, dtype=torch.bool)
         if self.augment is not None:
             present &= torch.from_numpy(rng.random(length) >= VIDEO_DROP_RATE)
