@@ -1,4 +1,4 @@
-"""The mel head's per-frame characters: the same condition from corpus word times (training) and from the
+"""The mel head's per-frame phones: the same condition from corpus word times (training) and from the
 streaming schedule of emitted tokens, and the streaming step really uses it."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from microturn.model.speech import (
     BOUNDARY,
     CONTEXT,
     NONE,
-    Graphemes,
+    OTHER,
     SpeechSchedule,
+    TokenPhones,
     frame_condition,
     schedule_condition,
-    spoken_chars,
+    spoken_phones,
     word_spans,
 )
 from microturn.model.streaming import StepInputs
@@ -29,13 +30,15 @@ def tokenizer() -> TextTokenizer:
     return TextTokenizer.train(TEXT, 300)
 
 
-def test_spoken_chars_keep_only_what_is_said():
-    assert spoken_chars("It's, OK!") == spoken_chars("it's ok")
-    assert len(spoken_chars("it's ok")) == 6  # the space and the punctuation are not said
+def test_spoken_phones_keep_only_what_is_said():
+    assert spoken_phones("It's, OK!") == spoken_phones("it's ok")
+    hello = spoken_phones("hello")  # espeak: h ə l ˈo ʊ; the stress mark is not a phone
+    assert len(hello) == 5 and OTHER not in hello and spoken_phones("...") == ()
+    assert spoken_phones("cat")[0] == spoken_phones("kit")[0]  # sounds, not letters: c and k are one phone
 
 
-def test_word_times_give_each_frame_its_character_and_neighbours():
-    hi, yo = spoken_chars("hi"), spoken_chars("yo")
+def test_word_times_give_each_frame_its_phone_and_neighbours():
+    hi, yo = (10, 11), (12, 13)
     spans = word_spans([(2.0, 6.0, hi), (10.0, 12.0, yo)])  # frames: h 2-4, i 4-6, y 10-11, o 11-12
     times = torch.arange(14, dtype=torch.float64)[None] + 0.5
     ids, frac = frame_condition(*spans, times)
@@ -49,33 +52,33 @@ def test_word_times_give_each_frame_its_character_and_neighbours():
 
 def test_schedule_times_words_at_the_voice_rate_and_drops_them_on_silence():
     tok = tokenizer()
-    graphemes = Graphemes.of(tok)
+    token_phones = TokenPhones.of(tok)
     first, second = tok.encode("hello"), tok.encode("there")
     schedule = SpeechSchedule()
-    schedule.say(first + second, True, graphemes, RATES)
-    n1, n2 = len(spoken_chars("hello")), len(spoken_chars("there"))
+    schedule.say(first + second, True, token_phones, RATES)
+    n1, n2 = len(token_phones.word(first)), len(token_phones.word(second))
     assert schedule.start[0] == 0.0 and abs(schedule.end[n1 - 1] - (9.7 + 4.5 * n1)) < 1e-9
     assert abs(schedule.start[n1] - (schedule.end[n1 - 1] + 6.0)) < 1e-9  # the gap between words
     assert schedule.word == [0] * n1 + [1] * n2
     total = schedule.end[-1]
-    schedule.advance(20)  # "hello" is still playing: all of it stays (its said characters are context)
+    schedule.advance(20)  # "hello" is still playing: all of it stays (its said phones are context)
     assert schedule.word == [0] * n1 + [1] * n2 and abs(schedule.end[-1] - (total - 20)) < 1e-9
     schedule.advance(20)  # "hello" has been said in full
     assert schedule.word == [1] * n2 and abs(schedule.end[-1] - (total - 40)) < 1e-9
-    schedule.say([], False, graphemes, RATES)
-    assert schedule.chars == []
+    schedule.say([], False, token_phones, RATES)
+    assert schedule.phones == []
 
 
 def test_a_token_continuing_a_word_joins_it():
     tok = tokenizer()
-    graphemes = Graphemes.of(tok)
+    token_phones = TokenPhones.of(tok)
     word = "zebrafish"  # not in the tokenizer's text: several tokens
     assert len(tok.encode(word)) > 1
     ids = tok.encode(word)
     schedule = SpeechSchedule()
     for token in ids:  # one token per window, as a crowded window spills
-        schedule.say([token], True, graphemes, RATES)
-    assert set(schedule.word) == {0} and schedule.chars == list(spoken_chars(word))
+        schedule.say([token], True, token_phones, RATES)
+    assert set(schedule.word) == {0} and schedule.phones == list(token_phones.word(ids))
     assert all(a == b for a, b in zip(schedule.end, schedule.start[1:], strict=False))  # no gap inside
 
 
@@ -83,18 +86,20 @@ def test_schedule_and_word_times_give_the_same_condition_for_the_same_timing():
     """Words timed exactly as the schedule times them get the same per-frame condition from the training
     path (word_spans) as from the streaming path (schedule, window by window)."""
     tok = tokenizer()
-    graphemes = Graphemes.of(tok)
+    token_phones = TokenPhones.of(tok)
     words = ["hello", "there", "how", "is", "it"]
     words_timed, begin = [], 0.0
     for w in words:
-        n = len(spoken_chars(w))
-        words_timed.append((begin, begin + 9.7 + 4.5 * n, spoken_chars(w)))
+        n = len(token_phones.word(tok.encode(w)))
+        words_timed.append((begin, begin + 9.7 + 4.5 * n, token_phones.word(tok.encode(w))))
         begin = begin + 9.7 + 4.5 * n + 6.0
     times = torch.arange(60, dtype=torch.float64)[None] + 0.5
     trained_ids, trained_frac = frame_condition(*word_spans(words_timed), times)
     schedule, ids, frac = SpeechSchedule(), [], []
     for window in range(3):  # every word is emitted in the first window
-        schedule.say([i for w in words for i in tok.encode(w)] if window == 0 else [], True, graphemes, RATES)
+        schedule.say(
+            [i for w in words for i in tok.encode(w)] if window == 0 else [], True, token_phones, RATES
+        )
         window_ids, window_frac = schedule_condition([schedule], 20)
         schedule.advance(20)
         ids.append(window_ids[0])
@@ -103,20 +108,20 @@ def test_schedule_and_word_times_give_the_same_condition_for_the_same_timing():
     torch.testing.assert_close(torch.cat(frac), trained_frac[0])
 
 
-def test_streaming_mel_depends_on_the_characters_said():
+def test_streaming_mel_depends_on_the_phones_said():
     tok = tokenizer()
     torch.manual_seed(0)
     model = InteractionModel(get_config("tiny", vocab_size=tok.vocab_size)).eval()
     with torch.no_grad():
         model.gate.bias.fill_(5.0)  # speak every micro-turn
         model.text_head.copy_bonus.bias.fill_(100.0)  # and say the background text (model/copying.py)
-        model.mel_head.chars.weight.mul_(50.0)  # make the character condition dominate the random head
+        model.mel_head.phones.weight.mul_(50.0)  # make the phone condition dominate the random head
     cfg = model.cfg
     silent = torch.zeros(1, cfg.frames, cfg.n_mels, dtype=torch.long)
     words = tok.encode("hello there")
     mels = {}
     for attached in (False, True):
-        model.graphemes = Graphemes.of(tok) if attached else None
+        model.token_phones = TokenPhones.of(tok) if attached else None
         state = model.new_state(1, [3])
         outs = [model.step(state, StepInputs(silent, torch.tensor([token]))) for token in words]
         assert [int(o.text[0, 0]) for o in outs] == words  # each token is said as it arrives

@@ -11,7 +11,7 @@ from microturn import audio
 from microturn.model.config import get_config
 from microturn.model.copying import CopyPointer
 from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel
-from microturn.model.speech import N_CHAR_IDS, WIDTH
+from microturn.model.speech import N_PHONE_IDS, WIDTH
 from microturn.model.streaming import StepInputs, StepTeacher, StreamState
 
 torch.set_num_threads(1)
@@ -42,8 +42,8 @@ def random_batch(cfg, b: int, t: int, seed: int, video: bool = False) -> TurnBat
         text=text,
         text_copy=text_copy,
         mel=mel,
-        mel_chars=torch.randint(0, N_CHAR_IDS, (b, t, cfg.frames, WIDTH), generator=g),
-        mel_char_frac=torch.rand(b, t, cfg.frames, generator=g),
+        mel_phones=torch.randint(0, N_PHONE_IDS, (b, t, cfg.frames, WIDTH), generator=g),
+        mel_phone_frac=torch.rand(b, t, cfg.frames, generator=g),
         out_dmel=audio.dmel(emitted_log_mel(mel, speaking), cfg.dmel_bins),
         floor=torch.randint(0, 5, (b, t), generator=g),
         user_text=torch.randint(0, cfg.vocab_size, (b, t, k), generator=g),

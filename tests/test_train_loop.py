@@ -158,7 +158,7 @@ def test_init_copies_what_fits_and_names_what_starts_fresh(tmp_path):
     tok2, fresh = init_from_checkpoint(grown, ckpt)
     assert fresh and all(name.startswith("mel_head.blocks.1.") for name in fresh)
     assert torch.equal(grown.blocks[0].attn.qkv.weight, small_head.blocks[0].attn.qkv.weight)
-    assert tok2.encode("thanks a lot") == tok.encode("thanks a lot") and grown.graphemes is not None
+    assert tok2.encode("thanks a lot") == tok.encode("thanks a lot") and grown.token_phones is not None
     with pytest.raises(CheckpointError, match="no transformer block fits"):
         init_from_checkpoint(InteractionModel(get_config("tiny", d_model=96)), ckpt)
 

@@ -4,7 +4,7 @@ The free-running word error rate mixes three failures: wrong words, wrong timing
 isolates the last one: on held-out conversation crops, the trunk is teacher-forced (it hears the real user
 and its own real past), the mel head samples every speaking micro-turn from noise given the true words of
 that micro-turn, the vocoder turns the result into audio, and Whisper tiny.en transcribes it. The head's
-per-frame characters come once from the corpus's word times and once from the streaming speech schedule
+per-frame phones come once from the corpus's word times and once from the streaming speech schedule
 (what a free-running session gives it: the same tokens, timed at the voice's average rate). The same crops'
 ground-truth mel through the same vocoder is the ceiling (it measures vocoder + Whisper, not the model).
 """
@@ -32,8 +32,8 @@ from .transcribe import transcribe
 class RenderingResult:
     crops: int
     words: int
-    wer_model: float | None  # the mel head's rendering, teacher-forced trunk, characters at the true times
-    wer_scheduled: float | None  # the same, characters timed by the streaming speech schedule
+    wer_model: float | None  # the mel head's rendering, teacher-forced trunk, phones at the true times
+    wer_scheduled: float | None  # the same, phones timed by the streaming speech schedule
     wer_ground_truth: float | None  # the corpus mel through the same vocoder
     examples: list[dict]
 
@@ -56,11 +56,11 @@ def _vocode(models: RuntimeModels, log_mel: torch.Tensor) -> np.ndarray:
 def _scheduled_condition(
     model: InteractionModel, text: torch.Tensor, speaking: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The per-frame characters the streaming step would give the head for this crop's tokens [T, K] and
+    """The per-frame phones the streaming step would give the head for this crop's tokens [T, K] and
     speaking track [T]: the same `SpeechSchedule`, one micro-turn at a time."""
     schedule, ids, frac = SpeechSchedule(), [], []
     for tokens, talking in zip(text.tolist(), speaking.tolist(), strict=True):
-        schedule.say(tokens, talking, model.graphemes, model.cfg.speech_rates)
+        schedule.say(tokens, talking, model.token_phones, model.cfg.speech_rates)
         window_ids, window_frac = schedule_condition([schedule], model.cfg.frames)
         schedule.advance(model.cfg.frames)
         ids.append(window_ids[0])
@@ -87,17 +87,17 @@ def rendering_wer(
         cond = hidden[row][speaking] + model.embed_text_slots(text)
         scheduled = _scheduled_condition(model, batch.text[row], speaking)
         conditions = {
-            "model": (batch.mel_chars[row][speaking], batch.mel_char_frac[row][speaking]),
+            "model": (batch.mel_phones[row][speaking], batch.mel_phone_frac[row][speaking]),
             "scheduled": (scheduled[0][speaking], scheduled[1][speaking]),
         }
         ref = tokenizer.decode([int(t) for t in batch.text[row][speaking].flatten()])
         heard = {}
-        for name, (chars, frac) in conditions.items():
+        for name, (phones, frac) in conditions.items():
             generator = torch.Generator().manual_seed(seed + row)
             shape = (int(speaking.sum()), model.cfg.frames, model.cfg.n_mels)
             noise = torch.randn(shape, generator=generator) * model.cfg.flow_temperature
             mel = batch.mel[row].clone()
-            mel[speaking] = model.mel_head.sample(noise, cond, chars, frac).clamp(-1.0, 1.0)
+            mel[speaking] = model.mel_head.sample(noise, cond, phones, frac).clamp(-1.0, 1.0)
             heard[name] = transcribe(_vocode(models, emitted_log_mel(mel, speaking).flatten(0, 1)))["text"]
         truth = emitted_log_mel(batch.mel[row], speaking).flatten(0, 1)
         heard["truth"] = transcribe(_vocode(models, truth))["text"]

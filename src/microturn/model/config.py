@@ -41,11 +41,11 @@ class ModelConfig:
     # a few Euler steps of a small head need (eval rendering measures it)
     flow_temperature: float = 1.0
     gate_threshold: float = 0.5
-    # the streaming speech schedule (model/speech.py): a word of n characters lasts word + n * char frames
-    # and follows the previous one after gap frames; fitted to the corpus voice (least squares over 7.8k
-    # assistant words of corpora/train: 97 ms + 45 ms per character, median gap 59 ms)
-    speech_word_frames: float = 9.7
-    speech_char_frames: float = 4.5
+    # the streaming speech schedule (model/speech.py): a word of n phones lasts word + n * phone frames and
+    # follows the previous one after gap frames; fitted to the corpus voice (least squares over 7.8k
+    # assistant words of corpora/train: 59 ms + 56 ms per phone symbol, median gap 59 ms)
+    speech_word_frames: float = 5.9
+    speech_phone_frames: float = 5.6
     speech_gap_frames: float = 6.0
     user_transcript_delay: int = 2  # micro-turns: the aux transcript names user words started 400 ms ago
 
@@ -56,8 +56,8 @@ class ModelConfig:
 
     @property
     def speech_rates(self) -> tuple[float, float, float]:
-        """(word, char, gap) frames of the streaming speech schedule."""
-        return (self.speech_word_frames, self.speech_char_frames, self.speech_gap_frames)
+        """(word, phone, gap) frames of the streaming speech schedule."""
+        return (self.speech_word_frames, self.speech_phone_frames, self.speech_gap_frames)
 
     @property
     def head_dim(self) -> int:

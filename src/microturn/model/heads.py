@@ -11,7 +11,7 @@ from torch import nn
 from .config import ModelConfig
 from .copying import CopyPointer
 from .layers import MLP, RMSNorm
-from .speech import N_CHAR_IDS, WIDTH
+from .speech import N_PHONE_IDS, WIDTH
 
 
 class SlotTextDecoder(nn.Module):
@@ -100,7 +100,7 @@ class FlowBlock(nn.Module):
 class FlowMelHead(nn.Module):
     """Conditional flow matching (Lipman et al. 2022, OT path) over one micro-turn of normalised log-mel
     [frames, n_mels], conditioned on the hidden state plus the embeddings of the chosen text tokens, and
-    per frame on the characters being said (model/speech.py: context ids [N, frames, WIDTH], fraction
+    per frame on the phones being said (model/speech.py: context ids [N, frames, WIDTH], fraction
     [N, frames])."""
 
     def __init__(self, cfg: ModelConfig):
@@ -110,17 +110,17 @@ class FlowMelHead(nn.Module):
         self.cond = nn.Linear(cfg.d_model, fd)
         self.inp = nn.Linear(cfg.n_mels, fd)
         self.frame_pos = nn.Parameter(torch.randn(cfg.frames, fd) * 0.02)
-        self.chars = nn.Embedding(WIDTH * N_CHAR_IDS, fd)  # one table per context offset
-        self.char_frac = nn.Linear(1, fd)
+        self.phones = nn.Embedding(WIDTH * N_PHONE_IDS, fd)  # one table per context offset
+        self.phone_frac = nn.Linear(1, fd)
         self.time = nn.Sequential(nn.Linear(fd, fd), nn.SiLU(), nn.Linear(fd, fd))
         self.blocks = nn.ModuleList(FlowBlock(fd) for _ in range(cfg.flow_layers))
         self.norm = RMSNorm(fd)
         self.out = nn.Linear(fd, cfg.n_mels)
 
-    def frame_features(self, char_ids: torch.Tensor, char_frac: torch.Tensor) -> torch.Tensor:
+    def frame_features(self, phone_ids: torch.Tensor, phone_frac: torch.Tensor) -> torch.Tensor:
         """[N, frames, WIDTH] ids and [N, frames] fractions -> [N, frames, flow_dim]."""
-        offsets = torch.arange(WIDTH, device=char_ids.device) * N_CHAR_IDS
-        return self.chars(char_ids + offsets).sum(-2) + self.char_frac(char_frac[..., None])
+        offsets = torch.arange(WIDTH, device=phone_ids.device) * N_PHONE_IDS
+        return self.phones(phone_ids + offsets).sum(-2) + self.phone_frac(phone_frac[..., None])
 
     def time_features(self, t: torch.Tensor) -> torch.Tensor:
         """Flow times [..] -> [.., flow_dim]."""
@@ -143,16 +143,18 @@ class FlowMelHead(nn.Module):
             h = block(h)
         return self.out(self.norm(h))
 
-    def condition(self, cond: torch.Tensor, char_ids: torch.Tensor, char_frac: torch.Tensor) -> torch.Tensor:
+    def condition(
+        self, cond: torch.Tensor, phone_ids: torch.Tensor, phone_frac: torch.Tensor
+    ) -> torch.Tensor:
         """Everything but x and t, the same at every Euler step: [N, frames, flow_dim]."""
-        return self.cond(cond)[:, None] + self.frame_features(char_ids, char_frac)
+        return self.cond(cond)[:, None] + self.frame_features(phone_ids, phone_frac)
 
     def loss(
         self,
         target: torch.Tensor,
         cond: torch.Tensor,
-        char_ids: torch.Tensor,
-        char_frac: torch.Tensor,
+        phone_ids: torch.Tensor,
+        phone_frac: torch.Tensor,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """Flow-matching MSE for targets [N, frames, n_mels] in [-1, 1]."""
@@ -161,19 +163,19 @@ class FlowMelHead(nn.Module):
         tt = t[:, None, None]
         xt = (1 - (1 - self.sigma_min) * tt) * x0 + tt * target
         v_target = target - (1 - self.sigma_min) * x0
-        return F.mse_loss(self.velocity(xt, t, self.condition(cond, char_ids, char_frac)), v_target)
+        return F.mse_loss(self.velocity(xt, t, self.condition(cond, phone_ids, phone_frac)), v_target)
 
     def sample(
         self,
         noise: torch.Tensor,
         cond: torch.Tensor,
-        char_ids: torch.Tensor,
-        char_frac: torch.Tensor,
+        phone_ids: torch.Tensor,
+        phone_frac: torch.Tensor,
         steps: int | None = None,
     ) -> torch.Tensor:
         """Euler integration from noise [N, frames, n_mels] at t=0 to t=1."""
         steps = steps or self.steps
-        x, cond_features = noise, self.condition(cond, char_ids, char_frac)  # the same at every step
+        x, cond_features = noise, self.condition(cond, phone_ids, phone_frac)  # the same at every step
         # so are the time features of step i for every row: one call for all steps, whatever the batch
         times = self.time_features(torch.tensor([i / steps for i in range(steps)], device=x.device))
         for i in range(steps):

@@ -34,7 +34,7 @@ from .layers import (
     rope_tables,
     sliding_causal_mask,
 )
-from .speech import Graphemes, SpeechSchedule, schedule_condition
+from .speech import SpeechSchedule, TokenPhones, schedule_condition
 from .streaming import StepInputs, StepOutput, StreamState
 from .tokenizer import BOS, PAD
 
@@ -63,8 +63,8 @@ class TurnBatch:
     text: torch.Tensor  # [B, T, K] long, pad 0
     text_copy: torch.Tensor  # [B, T, K] long: each slot's copy candidate (model/copying.py), -1 none
     mel: torch.Tensor  # [B, T, frames, n_mels] normalised log-mel of the assistant
-    mel_chars: torch.Tensor  # [B, T, frames, speech.WIDTH] long: characters said at each frame (speech.py)
-    mel_char_frac: torch.Tensor  # [B, T, frames] float: each frame's fraction into its character
+    mel_phones: torch.Tensor  # [B, T, frames, speech.WIDTH] long: phones said at each frame (speech.py)
+    mel_phone_frac: torch.Tensor  # [B, T, frames] float: each frame's fraction into its phone
     out_dmel: torch.Tensor  # [B, T, frames, n_mels] long: dMel of what plays (log floor when silent)
     floor: torch.Tensor  # [B, T] long, index into FLOOR_STATES
     user_text: torch.Tensor  # [B, T, K] long: user words started in micro-turn t - delay
@@ -110,13 +110,13 @@ class InteractionModel(nn.Module):
         nn.init.zeros_(
             self.text_head.copy_bonus.weight
         )  # copying starts off: a fine-tune starts where it was
-        # the characters of each token, for the streaming speech schedule: set by `attach_tokenizer`
-        # (load_checkpoint does); without it the mel head is told no characters
-        self.graphemes: Graphemes | None = None
+        # the phones of each token, for the streaming speech schedule: set by `attach_tokenizer`
+        # (load_checkpoint does); without it the mel head is told no phones
+        self.token_phones: TokenPhones | None = None
 
     def attach_tokenizer(self, tokenizer) -> None:
-        """Tell the streaming step which characters each token id says (a `TextTokenizer`)."""
-        self.graphemes = Graphemes.of(tokenizer)
+        """Tell the streaming step which phones each token id says (a `TextTokenizer`)."""
+        self.token_phones = TokenPhones.of(tokenizer)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -219,8 +219,8 @@ class InteractionModel(nn.Module):
         speaking = batch.speaking[valid].bool()
         if bool(speaking.any()):
             cond = h[speaking] + self.embed_text_slots(text[speaking])
-            chars, frac = batch.mel_chars[valid][speaking], batch.mel_char_frac[valid][speaking]
-            losses["mel"] = self.mel_head.loss(batch.mel[valid][speaking], cond, chars, frac, generator)
+            phones, frac = batch.mel_phones[valid][speaking], batch.mel_phone_frac[valid][speaking]
+            losses["mel"] = self.mel_head.loss(batch.mel[valid][speaking], cond, phones, frac, generator)
         else:
             losses["mel"] = hidden.sum() * 0.0  # keeps every parameter in the graph (DDP)
         return losses
@@ -329,16 +329,16 @@ class InteractionModel(nn.Module):
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
-            schedule.say(tokens, talking, self.graphemes, cfg.speech_rates)
+            schedule.say(tokens, talking, self.token_phones, cfg.speech_rates)
         mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
         if teacher is not None:
             mel_norm = teacher.mel.clone()
         elif bool(speaking.any()):
             rows = speaking.nonzero()[:, 0]
             cond = hidden[rows] + self.embed_text_slots(text[rows])
-            chars, frac = schedule_condition([state.speech[r] for r in rows.tolist()], cfg.frames)
+            phones, frac = schedule_condition([state.speech[r] for r in rows.tolist()], cfg.frames)
             noise = self._session_noise(state, rows)
-            mel_norm[rows] = self.mel_head.sample(noise, cond, chars, frac, flow_steps).clamp(-1.0, 1.0)
+            mel_norm[rows] = self.mel_head.sample(noise, cond, phones, frac, flow_steps).clamp(-1.0, 1.0)
         for schedule in state.speech:
             schedule.advance(cfg.frames)
         mel = emitted_log_mel(mel_norm, speaking)

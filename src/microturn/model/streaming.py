@@ -25,7 +25,7 @@ class StreamState:
     # [B, d_model]: the embedding of the last micro-turn's out token (position 2 * turn - 1), not yet in the
     # KV rings: it enters the trunk together with the next in token (one pass for both); zeros at turn 0
     out_token: torch.Tensor
-    speech: list[SpeechSchedule]  # per session: the characters still to be said (mel head condition)
+    speech: list[SpeechSchedule]  # per session: the phones still to be said (mel head condition)
     copy: list[CopyPointer]  # per session: the background tokens not yet said (text head copy candidates)
 
     @property

@@ -130,7 +130,7 @@ class Engine:
     ):
         self.config = config
         self.model = model.eval()
-        self.model.attach_tokenizer(tokenizer)  # the speech schedule reads each emitted token's characters
+        self.model.attach_tokenizer(tokenizer)  # the speech schedule reads each emitted token's phones
         self.vocoder = vocoder.eval()
         self.tokenizer = tokenizer
         cfg = model.cfg

@@ -6,7 +6,7 @@ it cheap) so memory stays flat however large the corpus is. A crop's user channe
 fly, then both channels go through the shared causal log-mel of `audio`.
 
 Label tracks are indexed by global micro-turn. For the heads at in_t (which predict micro-turn t + 1):
-`speaking`/`floor`/`mel_chars`/`mel_char_frac` are indexed by the window they describe, `text` (and its
+`speaking`/`floor`/`mel_phones`/`mel_phone_frac` are indexed by the window they describe, `text` (and its
 copy candidates `text_copy`) by the in token that must emit it (the word's window - 1), `user_text` by the
 in token that names it (the word's window + delay), `bg` by the in token that receives it (the shared
 queue rule of `model.queues`).
@@ -30,7 +30,7 @@ from ..model.copying import NO_CANDIDATE, CopyPointer
 from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
 from ..model.layers import resize_video
 from ..model.queues import arrival_turn, render_queued_stream
-from ..model.speech import Graphemes, frame_condition, word_spans
+from ..model.speech import TokenPhones, frame_condition, word_spans
 from ..model.tokenizer import PAD, TextTokenizer
 from .augment import AugmentConfig, augment_user
 
@@ -53,7 +53,7 @@ class ConversationText:
     duration_s: float
     words: list[tuple[str, str, float, float, tuple[int, ...]]]  # speaker, utterance kind, start, end, ids
     background: list[tuple[float, list[int]]]  # arrival time, token ids
-    spoken: list[tuple[int, ...]]  # per word: the character ids said (model/speech.py), from its tokens
+    spoken: list[tuple[int, ...]]  # per word: the phone ids said (model/speech.py), from its tokens
     video: dict | None = None  # the scene spec of a video episode (data/video.py), rendered per crop
 
 
@@ -65,7 +65,7 @@ def read_conversations(
     earlier read) are reused, not read again."""
     dirs = [Path(d) for d in str(corpus_dir).split(",") if d]
     cached = {c.folder: c for c in known}
-    graphemes = Graphemes.of(tokenizer)
+    token_phones = TokenPhones.of(tokenizer)
     out = []
     for corpus_dir, entry in ((d, e) for d in dirs for e in load_manifest(d)):
         folder = corpus_dir / entry["path"]
@@ -92,7 +92,7 @@ def read_conversations(
         ]
         background = [(b.time, tokenizer.encode(b.text)) for b in conv.background]
         spec = conv.video["spec"] if conv.video is not None else None
-        spoken = [graphemes.word(ids) for *_, ids in words]
+        spoken = [token_phones.word(ids) for *_, ids in words]
         out.append(ConversationText(conv.id, folder, conv.duration_s, words, background, spoken, spec))
     if not out:
         raise ValueError(f"{','.join(map(str, dirs))}: no complete conversations in the manifest")
@@ -143,15 +143,15 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
         k,
     )
     bg = render_queued_stream([(arrival_turn(t * time_scale, ts), ids) for t, ids in conv.background], n, 1)
-    mel_chars, mel_char_frac = _frame_characters(conv, words, n, cfg)
+    mel_phones, mel_phone_frac = _frame_phones(conv, words, n, cfg)
     pointer, text_copy = CopyPointer(), np.full((n, k), NO_CANDIDATE, dtype=np.int64)
     for t in range(n):  # what the streaming step's pointer offers each slot (model/copying.py)
         pointer.hear(bg[t])
         text_copy[t] = pointer.slot_candidates(text[t], k, PAD)
     return {
         "text_copy": text_copy,
-        "mel_chars": mel_chars,
-        "mel_char_frac": mel_char_frac,
+        "mel_phones": mel_phones,
+        "mel_phone_frac": mel_phone_frac,
         "speaking": speaking.astype(np.int64),
         "floor": floor.astype(np.int64),
         "text": _slots(text, k),
@@ -160,7 +160,7 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
     }
 
 
-def _frame_characters(
+def _frame_phones(
     conv: ConversationText, words: list[tuple], n: int, cfg: ModelConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """What the assistant says at every mel frame of micro-turns 0..n-1 (model/speech.py), from the
@@ -168,9 +168,9 @@ def _frame_characters(
     per_s = cfg.frames * 1000.0 / cfg.micro_turn_ms  # frames per second
     spans = word_spans(
         sorted(
-            (s * per_s, e * per_s, chars)
-            for (spk, _, s, e, _), chars in zip(words, conv.spoken, strict=True)
-            if spk == "assistant" and chars and e > s
+            (s * per_s, e * per_s, phones)
+            for (spk, _, s, e, _), phones in zip(words, conv.spoken, strict=True)
+            if spk == "assistant" and phones and e > s
         )
     )
     times = torch.arange(n * cfg.frames, dtype=torch.float64)[None] + 0.5
@@ -270,8 +270,8 @@ class CropRenderer:
             "text": window("text", 0),
             "text_copy": window("text_copy", 0),
             "mel": mel,
-            "mel_chars": window("mel_chars", 1).long(),
-            "mel_char_frac": window("mel_char_frac", 1).float(),
+            "mel_phones": window("mel_phones", 1).long(),
+            "mel_phone_frac": window("mel_phone_frac", 1).float(),
             "out_dmel": audio.dmel(emitted_log_mel(mel, speaking), cfg.dmel_bins),
             "floor": window("floor", 1),
             "user_text": window("user_text", 0),
