@@ -148,6 +148,16 @@ def test_checkpoint_loads_and_bad_checkpoints_fail_clearly(tmp_path):
         load_checkpoint(ckpt)
 
 
+def test_trainable_prefixes_train_those_heads_and_freeze_the_rest(corpora, tmp_path):
+    first = train(options(corpora, tmp_path / "first", steps=1))
+    tuned = train(options(corpora, tmp_path / "tuned", steps=2, init=str(first), trainable="mel_head"))
+    start, after = load_file(str(first / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    for name, value in after.items():
+        assert torch.equal(value, start[name]) != name.startswith("mel_head."), name
+    with pytest.raises(ValueError, match="no parameter name starts with"):
+        train(options(corpora, tmp_path / "none", steps=1, trainable="no_such_head"))
+
+
 def test_init_copies_what_fits_and_names_what_starts_fresh(tmp_path):
     """A fine-tune may grow the model (a second flow block): the rest is copied, the new part is named."""
     tok = fixture_tokenizer()

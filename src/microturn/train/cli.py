@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init", help="start from this checkpoint's weights and tokenizer (new optimizer, step 0)"
     )
+    p.add_argument(
+        "--trainable",
+        help="comma-separated parameter-name prefixes to train (e.g. mel_head,text_head); the rest is frozen",
+    )
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP instead of DDP (under torchrun)")
 
 

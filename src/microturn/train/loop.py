@@ -63,6 +63,7 @@ class TrainOptions:
     checkpoint_minutes: float = 5.0  # ... or this much wall time, whichever comes first
     tokenizer: str | None = None  # an existing tokenizer.json; default: train one on the chitchat train split
     init: str | None = None  # start from this checkpoint's weights and tokenizer (fresh optimizer, step 0)
+    trainable: str | None = None  # comma-separated parameter-name prefixes to train; the rest stay frozen
     threads: int = 1
     fsdp: bool = False
     refresh_minutes: float = 0.0  # > 0: re-read the manifest this often (a growing corpus; not reproducible)
@@ -160,9 +161,23 @@ def _state_dicts(wrapped: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[
     )
 
 
+def freeze_all_but(model: nn.Module, prefixes: str) -> int:
+    """Only parameters whose names start with one of the comma-separated `prefixes` keep training (a
+    fine-tune of some heads that must leave the trunk's behaviour exactly as it was); returns how many."""
+    wanted = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+    n = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(wanted))
+        n += param.numel() if param.requires_grad else 0
+    if n == 0:
+        raise ValueError(f"--trainable {prefixes!r}: no parameter name starts with it")
+    return n
+
+
 def _make_optimizer(model: nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=opts.lr,
@@ -215,6 +230,12 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             tokenizer = _shared_tokenizer(opts, run, cfg.vocab_size, env)
             torch.manual_seed(opts.seed)
             model = InteractionModel(cfg)
+    if opts.trainable:
+        trained = freeze_all_but(model, opts.trainable)
+        if env.rank == 0:
+            print(
+                f"--trainable {opts.trainable}: {trained:,} parameters train, the rest are frozen", flush=True
+            )
     model.train().to(env.device)
     if env.rank == 0:
         run.mkdir(parents=True, exist_ok=True)
