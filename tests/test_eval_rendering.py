@@ -25,8 +25,10 @@ def test_rendering_scores_every_speaking_crop_against_its_words(tmp_path):
         DEFAULT_VOCODER,
         False,
     )
-    result = rendering_wer(models, corpus, crops=1, crop_turns=40)
+    models.model.attach_tokenizer(models.tokenizer)  # the streaming schedule needs each token's phones
+    result = rendering_wer(models, corpus, crops=1, crop_turns=40, plot=tmp_path / "mel.png")
     assert result.crops >= 1 and result.words > 0
+    assert result.wer_scheduled is not None and (tmp_path / "mel.png").stat().st_size > 10_000
     timelines = [json.loads((corpus / f"valid{i}" / "timeline.json").read_text()) for i in range(2)]
     said = {w["text"].strip(".,?!") for t in timelines for w in t["words"] if w["speaker"] == "assistant"}
     for example in result.examples:  # what the crop's assistant said, in words of the timelines

@@ -102,3 +102,23 @@ def timeline_plot(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mel_panels(panels: dict[str, Sequence], path: str | Path, seconds_per_frame: float = 0.01) -> None:
+    """Log-mel spectrograms stacked over one time axis, one panel per label (each [frames, n_mels])."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.2 * len(panels)), sharex=True, squeeze=False)
+    for ax, (label, mel) in zip(axes[:, 0], panels.items(), strict=True):
+        frames = len(mel)
+        ax.imshow(
+            [list(row) for row in zip(*mel, strict=True)],
+            origin="lower",
+            aspect="auto",
+            extent=(0, frames * seconds_per_frame, 0, len(mel[0])),
+            cmap="magma",
+        )
+        ax.set_ylabel("mel bin")
+        ax.set_title(label, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -25,6 +25,7 @@ from ..model.speech import SpeechSchedule, schedule_condition
 from ..runtime.checkpoint import RuntimeModels
 from ..train.dataset import CropPlan, read_conversations, validation_batches
 from .fdbench import pooled_wer, speech_errors
+from .plots import mel_panels
 from .transcribe import transcribe
 
 
@@ -70,9 +71,15 @@ def _scheduled_condition(
 
 @torch.inference_mode()
 def rendering_wer(
-    models: RuntimeModels, corpus: str | Path, crops: int = 6, crop_turns: int = 150, seed: int = 0
+    models: RuntimeModels,
+    corpus: str | Path,
+    crops: int = 6,
+    crop_turns: int = 150,
+    seed: int = 0,
+    plot: str | Path | None = None,
 ) -> RenderingResult:
-    """Word error rate of teacher-forced mel-head rendering vs ground-truth mel, over fixed held-out crops."""
+    """Word error rate of teacher-forced mel-head rendering vs ground-truth mel, over fixed held-out crops;
+    `plot` draws the first scored crop's spectrograms (true, rendered at true times, scheduled)."""
     model, tokenizer = models.model.eval(), models.tokenizer
     conversations = read_conversations(corpus, tokenizer)
     batch = validation_batches(conversations, model.cfg, CropPlan(crop_turns, crop_turns, crops), 1)[0]
@@ -91,16 +98,20 @@ def rendering_wer(
             "scheduled": (scheduled[0][speaking], scheduled[1][speaking]),
         }
         ref = tokenizer.decode([int(t) for t in batch.text[row][speaking].flatten()])
-        heard = {}
+        heard, mels = {}, {"truth": emitted_log_mel(batch.mel[row], speaking).flatten(0, 1)}
         for name, (phones, frac) in conditions.items():
             generator = torch.Generator().manual_seed(seed + row)
             shape = (int(speaking.sum()), model.cfg.frames, model.cfg.n_mels)
             noise = torch.randn(shape, generator=generator) * model.cfg.flow_temperature
             mel = batch.mel[row].clone()
             mel[speaking] = model.mel_head.sample(noise, cond, phones, frac).clamp(-1.0, 1.0)
-            heard[name] = transcribe(_vocode(models, emitted_log_mel(mel, speaking).flatten(0, 1)))["text"]
-        truth = emitted_log_mel(batch.mel[row], speaking).flatten(0, 1)
-        heard["truth"] = transcribe(_vocode(models, truth))["text"]
+            mels[name] = emitted_log_mel(mel, speaking).flatten(0, 1)
+            heard[name] = transcribe(_vocode(models, mels[name]))["text"]
+        heard["truth"] = transcribe(_vocode(models, mels["truth"]))["text"]
+        if plot is not None and not examples:
+            labels = {"truth": "the corpus's mel", "model": "mel head, phones at the true times"}
+            labels["scheduled"] = "mel head, phones from the streaming schedule"
+            mel_panels({labels[k]: mels[k].tolist() for k in ("truth", "model", "scheduled")}, plot)
         for name, said in heard.items():
             errors[name].append(speech_errors([ref], [said]))
         examples.append(
@@ -131,6 +142,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", type=int, default=6, help="crops of --crop-turns micro-turns")
     p.add_argument("--crop-turns", type=int, default=150)
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--plot", default=None, help="PNG: the first crop's spectrograms, true and rendered")
     p.set_defaults(func=_cmd)
 
 
@@ -138,7 +150,8 @@ def _cmd(args: argparse.Namespace) -> int:
     from ..runtime.checkpoint import load_runtime
 
     torch.set_num_threads(1)
-    result = rendering_wer(load_runtime(args.checkpoint), args.corpus, args.crops, args.crop_turns).as_dict()
+    models = load_runtime(args.checkpoint)
+    result = rendering_wer(models, args.corpus, args.crops, args.crop_turns, plot=args.plot).as_dict()
     text = json.dumps(result, indent=2)
     if args.json:
         atomic_write_text(Path(args.json), text + "\n")
