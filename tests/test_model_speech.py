@@ -55,7 +55,7 @@ def test_schedule_times_words_at_the_voice_rate_and_drops_them_on_silence():
     token_phones = TokenPhones.of(tok)
     first, second = tok.encode("hello"), tok.encode("there")
     schedule = SpeechSchedule()
-    schedule.say(first + second, True, token_phones, RATES)
+    schedule.say(first + second, True, token_phones, RATES, window=100)  # a long window: no catching up
     n1, n2 = len(token_phones.word(first)), len(token_phones.word(second))
     assert schedule.start[0] == 0.0 and abs(schedule.end[n1 - 1] - (9.7 + 4.5 * n1)) < 1e-9
     assert abs(schedule.start[n1] - (schedule.end[n1 - 1] + 6.0)) < 1e-9  # the gap between words
@@ -65,8 +65,25 @@ def test_schedule_times_words_at_the_voice_rate_and_drops_them_on_silence():
     assert schedule.word == [0] * n1 + [1] * n2 and abs(schedule.end[-1] - (total - 20)) < 1e-9
     schedule.advance(20)  # "hello" has been said in full
     assert schedule.word == [1] * n2 and abs(schedule.end[-1] - (total - 40)) < 1e-9
-    schedule.say([], False, token_phones, RATES)
+    schedule.say([], False, token_phones, RATES, window=20)
     assert schedule.phones == []
+
+
+def test_a_schedule_behind_the_text_head_squeezes_its_backlog():
+    """Words emitted for one 20-frame window must start in it: what is still to play is squeezed."""
+    tok = tokenizer()
+    token_phones = TokenPhones.of(tok)
+    words = [tok.encode(w) for w in ("hello", "there", "how")]
+    schedule = SpeechSchedule()
+    schedule.say(words[0], True, token_phones, RATES, window=20)
+    schedule.advance(5)
+    played = schedule.start[0]  # -5: said phones keep their times
+    schedule.say(words[1] + words[2], True, token_phones, RATES, window=20)
+    starts = [schedule.start[schedule.word.index(w)] for w in (1, 2)]
+    assert schedule.start[0] == played and all(s <= 19.0 + 1e-9 for s in starts)
+    assert all(a <= b for a, b in zip(schedule.start, schedule.start[1:], strict=False))  # still in order
+    n = len(token_phones.word(words[2]))
+    assert abs(schedule.end[-1] - schedule.start[schedule.word.index(2)] - (9.7 + 4.5 * n)) < 1e-9
 
 
 def test_a_token_continuing_a_word_joins_it():
@@ -77,29 +94,33 @@ def test_a_token_continuing_a_word_joins_it():
     ids = tok.encode(word)
     schedule = SpeechSchedule()
     for token in ids:  # one token per window, as a crowded window spills
-        schedule.say([token], True, token_phones, RATES)
+        schedule.say([token], True, token_phones, RATES, window=20)
     assert set(schedule.word) == {0} and schedule.phones == list(token_phones.word(ids))
     assert all(a == b for a, b in zip(schedule.end, schedule.start[1:], strict=False))  # no gap inside
 
 
 def test_schedule_and_word_times_give_the_same_condition_for_the_same_timing():
-    """Words timed exactly as the schedule times them get the same per-frame condition from the training
-    path (word_spans) as from the streaming path (schedule, window by window)."""
+    """Words timed exactly as the schedule times them, each emitted for the window it starts in (as the
+    text head emits them), get the same per-frame condition from the training path (word_spans) as from
+    the streaming path (schedule, window by window)."""
     tok = tokenizer()
     token_phones = TokenPhones.of(tok)
     words = ["hello", "there", "how", "is", "it"]
-    words_timed, begin = [], 0.0
+    words_timed, end, emitted = [], None, {}
     for w in words:
-        n = len(token_phones.word(tok.encode(w)))
-        words_timed.append((begin, begin + 9.7 + 4.5 * n, token_phones.word(tok.encode(w))))
-        begin = begin + 9.7 + 4.5 * n + 6.0
-    times = torch.arange(60, dtype=torch.float64)[None] + 0.5
+        phones = token_phones.word(tok.encode(w))
+        begin = 0.0 if end is None else end + 6.0
+        if end is not None and (begin // 20) * 20 >= end:  # the last word ended before this window began
+            begin = (begin // 20) * 20  # nothing plays: the word starts with its window
+        end = begin + 9.7 + 4.5 * len(phones)
+        words_timed.append((begin, end, phones))
+        emitted.setdefault(int(begin // 20), []).extend(tok.encode(w))
+    windows = int(end // 20) + 2
+    times = torch.arange(20 * windows, dtype=torch.float64)[None] + 0.5
     trained_ids, trained_frac = frame_condition(*word_spans(words_timed), times)
     schedule, ids, frac = SpeechSchedule(), [], []
-    for window in range(3):  # every word is emitted in the first window
-        schedule.say(
-            [i for w in words for i in tok.encode(w)] if window == 0 else [], True, token_phones, RATES
-        )
+    for window in range(windows):
+        schedule.say(emitted.get(window, []), True, token_phones, RATES, window=20)
         window_ids, window_frac = schedule_condition([schedule], 20)
         schedule.advance(20)
         ids.append(window_ids[0])

@@ -61,7 +61,7 @@ def _scheduled_condition(
     speaking track [T]: the same `SpeechSchedule`, one micro-turn at a time."""
     schedule, ids, frac = SpeechSchedule(), [], []
     for tokens, talking in zip(text.tolist(), speaking.tolist(), strict=True):
-        schedule.say(tokens, talking, model.token_phones, model.cfg.speech_rates)
+        schedule.say(tokens, talking, model.token_phones, model.cfg.speech_rates, model.cfg.frames)
         window_ids, window_frac = schedule_condition([schedule], model.cfg.frames)
         schedule.advance(model.cfg.frames)
         ids.append(window_ids[0])

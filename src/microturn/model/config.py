@@ -90,7 +90,14 @@ CONFIGS: dict[str, ModelConfig] = {
     ),
     # The CPU default: one micro-turn of one session within 10 ms on one core.
     "small": ModelConfig(
-        d_model=256, n_layers=4, n_heads=4, vocab_size=2048, flow_dim=192, flow_layers=2, flow_steps=4
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        vocab_size=2048,
+        flow_dim=192,
+        flow_layers=2,
+        flow_steps=4,
+        flow_temperature=0.0,  # eval rendering WER 0.68 at 0, 0.82 at 0.3 (stage 4, step 1,000)
     ),
     # GPU sizes.
     "base": ModelConfig(

@@ -262,6 +262,8 @@ class InteractionModel(nn.Module):
         """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""
         cfg = self.cfg
         noise = []
+        if cfg.flow_temperature == 0:  # the deterministic path: no noise to draw
+            return torch.zeros(len(rows), cfg.frames, cfg.n_mels, device=state.turn.device)
         for r in rows.tolist():
             g = torch.Generator().manual_seed((int(state.seeds[r]) * 1_000_003 + int(state.turn[r])) % 2**63)
             noise.append(torch.randn(cfg.frames, cfg.n_mels, generator=g) * cfg.flow_temperature)
@@ -329,7 +331,7 @@ class InteractionModel(nn.Module):
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
-            schedule.say(tokens, talking, self.token_phones, cfg.speech_rates)
+            schedule.say(tokens, talking, self.token_phones, cfg.speech_rates, cfg.frames)
         mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
         if teacher is not None:
             mel_norm = teacher.mel.clone()

@@ -134,18 +134,24 @@ class SpeechSchedule:
         speaking: bool,
         token_phones: TokenPhones | None,
         rates: tuple[float, float, float],
+        window: int,
     ) -> None:
-        """The next window: its tokens are scheduled while speaking; silence (the model stopped or was
-        interrupted) drops what was not said yet."""
+        """The next window (`window` frames): its tokens are scheduled while speaking; silence (the model
+        stopped or was interrupted) drops what was not said yet."""
         if not speaking:
             self.clear()
         elif token_phones is not None:
-            self.add(tokens, token_phones, rates)
+            self.add(tokens, token_phones, rates, window)
 
-    def add(self, tokens: list[int], token_phones: TokenPhones, rates: tuple[float, float, float]) -> None:
+    def add(
+        self, tokens: list[int], token_phones: TokenPhones, rates: tuple[float, float, float], window: int
+    ) -> None:
         """Tokens (pads skipped) in order. A word takes word + n * phone frames and starts a gap after the
         previous one (at the window's start when nothing is playing); a token continuing a word adds phone
-        frames per phone right after it. `rates` = (word, phone, gap) frames."""
+        frames per phone right after it. `rates` = (word, phone, gap) frames. The text head emits a word
+        for the window it starts in, so a word that would start after this window means the schedule runs
+        behind the model: what is still to play is squeezed to make room, and the lag never grows past a
+        window (else the backlog the gate then cuts off grows with every slow word)."""
         word_frames, phone_frames, gap_frames = rates
         for token in tokens:
             ps = token_phones.phones[token] if 0 < token < len(token_phones.phones) else ()
@@ -154,6 +160,8 @@ class SpeechSchedule:
             if not self.phones:
                 begin, per_phone, w = 0.0, phone_frames + word_frames / len(ps), None
             elif token_phones.word_start[token]:
+                if self.end[-1] + gap_frames >= window:  # starts after this window: late, catch up
+                    self._squeeze(window - 1.0 - gap_frames)
                 begin, per_phone, w = self.end[-1] + gap_frames, phone_frames + word_frames / len(ps), None
             else:
                 begin, per_phone, w = self.end[-1], phone_frames, self.word[-1]
@@ -164,6 +172,12 @@ class SpeechSchedule:
                 self.word.append(w)
                 self.start.append(begin + i * per_phone)
                 self.end.append(begin + (i + 1) * per_phone)
+
+    def _squeeze(self, until: float) -> None:
+        """Map the part still to play, frames [0, end], linearly onto [0, until] (said parts stay)."""
+        scale = until / self.end[-1]
+        self.start = [t * scale if t > 0 else t for t in self.start]
+        self.end = [t * scale if t > 0 else t for t in self.end]
 
     def advance(self, frames: int) -> None:
         """Move `frames` on: words said in full are dropped; a word still playing keeps its said phones
