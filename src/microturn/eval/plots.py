@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -104,16 +105,16 @@ def timeline_plot(
     plt.close(fig)
 
 
-def mel_panels(panels: dict[str, Sequence], path: str | Path, seconds_per_frame: float = 0.01) -> None:
+def mel_panels(panels: dict[str, np.ndarray], path: str | Path, seconds_per_frame: float = 0.01) -> None:
     """Log-mel spectrograms stacked over one time axis, one panel per label (each [frames, n_mels])."""
     fig, axes = plt.subplots(len(panels), 1, figsize=(12, 2.2 * len(panels)), sharex=True, squeeze=False)
     for ax, (label, mel) in zip(axes[:, 0], panels.items(), strict=True):
-        frames = len(mel)
+        frames, bins = mel.shape
         ax.imshow(
-            [list(row) for row in zip(*mel, strict=True)],
+            mel.T,
             origin="lower",
             aspect="auto",
-            extent=(0, frames * seconds_per_frame, 0, len(mel[0])),
+            extent=(0, frames * seconds_per_frame, 0, bins),
             cmap="magma",
         )
         ax.set_ylabel("mel bin")

@@ -111,7 +111,7 @@ def rendering_wer(
         if plot is not None and not examples:
             labels = {"truth": "the corpus's mel", "model": "mel head, phones at the true times"}
             labels["scheduled"] = "mel head, phones from the streaming schedule"
-            mel_panels({labels[k]: mels[k].tolist() for k in ("truth", "model", "scheduled")}, plot)
+            mel_panels({labels[k]: mels[k].numpy() for k in ("truth", "model", "scheduled")}, plot)
         for name, said in heard.items():
             errors[name].append(speech_errors([ref], [said]))
         examples.append(

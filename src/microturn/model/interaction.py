@@ -107,9 +107,8 @@ class InteractionModel(nn.Module):
         self.floor_head = nn.Linear(d, len(FLOOR_STATES))
         self.user_text_head = nn.Linear(d, k * d)  # K parallel slots through the tied text table
         self.apply(self._init)
-        nn.init.zeros_(
-            self.text_head.copy_bonus.weight
-        )  # copying starts off: a fine-tune starts where it was
+        # copying starts off, so a fine-tune that adds the copy pointer starts where the model was
+        nn.init.zeros_(self.text_head.copy_bonus.weight)
         # the phones of each token, for the streaming speech schedule: set by `attach_tokenizer`
         # (load_checkpoint does); without it the mel head is told no phones
         self.token_phones: TokenPhones | None = None
@@ -261,9 +260,9 @@ class InteractionModel(nn.Module):
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
         """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""
         cfg = self.cfg
-        noise = []
         if cfg.flow_temperature == 0:  # the deterministic path: no noise to draw
             return torch.zeros(len(rows), cfg.frames, cfg.n_mels, device=state.turn.device)
+        noise = []
         for r in rows.tolist():
             g = torch.Generator().manual_seed((int(state.seeds[r]) * 1_000_003 + int(state.turn[r])) % 2**63)
             noise.append(torch.randn(cfg.frames, cfg.n_mels, generator=g) * cfg.flow_temperature)
