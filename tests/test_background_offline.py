@@ -56,9 +56,9 @@ def pushes(monkeypatch):
     seen: list[tuple[int, str]] = []
     original = Session.push_background
 
-    def push(self, text):
+    def push(self, text, message=None):
         seen.append((self.turn, text))
-        return original(self, text)
+        return original(self, text, message)
 
     monkeypatch.setattr(Session, "push_background", push)
     return seen

@@ -9,7 +9,7 @@ from microturn.model.config import get_config
 from microturn.model.copying import NO_CANDIDATE, CopyPointer
 from microturn.model.interaction import InteractionModel
 from microturn.model.streaming import StepInputs
-from microturn.model.tokenizer import PAD
+from microturn.model.tokenizer import BOS, PAD
 
 
 def test_pointer_follows_what_is_said_and_skips_an_abandoned_answer():
@@ -25,6 +25,15 @@ def test_pointer_follows_what_is_said_and_skips_an_abandoned_answer():
     copy = pointer.copy()
     copy.said(21)
     assert pointer.candidate() == 21 and copy.candidate() == NO_CANDIDATE  # copies are independent
+
+
+def test_a_new_message_restarts_the_pointer_however_much_was_left_unsaid():
+    pointer = CopyPointer()
+    for answer in range(5):  # five abandoned answers of 30 tokens: 150 unsaid, beyond the look-ahead
+        pointer.hear([BOS, *range(100 * answer, 100 * answer + 30)])
+    assert pointer.candidate() == 400  # the newest message's first token, not the oldest's
+    pointer.hear([BOS, 7, 8])
+    assert pointer.slot_candidates([7, 8, PAD], 3, PAD) == [7, 8, NO_CANDIDATE]
 
 
 def test_a_text_head_told_to_copy_says_the_background_text_in_order():

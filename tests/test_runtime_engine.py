@@ -16,7 +16,7 @@ from microturn.cli import main
 from microturn.model.checkpoint import save_checkpoint
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel
-from microturn.model.tokenizer import TextTokenizer
+from microturn.model.tokenizer import BOS, TextTokenizer
 from microturn.runtime.checkpoint import load_runtime
 from microturn.runtime.engine import Engine, EngineConfig
 from microturn.runtime.vocoder import Vocoder, VocoderConfig, save_vocoder
@@ -155,10 +155,19 @@ def test_client_controls(models) -> None:
         a.push_video(np.zeros((4, 4), np.uint8))
     a.push_video(np.zeros((48, 64, 3), np.uint8))
     a.push_text("hello there")
-    a.push_background("the weather is nice")
-    assert len(a.typed) == 2 and len(a.background) == 4
+    a.push_background("the weather is nice")  # a new message: BOS and its four tokens
+    assert len(a.typed) == 2 and len(a.background) == 5
     engine.step_once()
-    assert len(a.typed) == 1 and len(a.background) == 3  # one token per micro-turn per stream
+    assert len(a.typed) == 1 and len(a.background) == 4  # one token per micro-turn per stream
+    a.push_background("and warm", message="bg1")
+    a.push_background("today", message="bg1")  # the same task's next sentence continues its message
+    a.push_background("no idea")  # no task: a message of its own
+    assert list(a.background.pending)[4:] == [
+        BOS,
+        *models.tokenizer.encode("and warm today"),
+        BOS,
+        *models.tokenizer.encode("no idea"),
+    ]
 
 
 def test_long_session_state_stays_flat(models) -> None:

@@ -265,7 +265,7 @@ class BackgroundWorker:
                 backend=self.backend,
                 tools=self.tools,
                 config=self.config,
-                push=self.session.push_background,
+                push=lambda text: self.session.push_background(text, task_id),
                 emit=lambda status, **fields: self._emit(task_id, reason, status, **fields),
                 supersede=supersede,
             )

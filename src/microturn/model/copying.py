@@ -5,7 +5,9 @@ meant to be said, in order, when the moment comes. A 2k-vocabulary text head tha
 memory drifts to frequent words; told "the next unsaid background token is X" it only has to decide
 whether to say X (the text head adds a learned bonus to X's logit: pointer-generator networks, See et al.
 2017). The pointer follows what was actually said: a said token found among the next unsaid ones moves
-it past that token, so an interrupted answer is skipped once the assistant says the next one.
+it past that token, so an interrupted answer is skipped once the assistant says the next one; a new
+background message (its BOS) drops whatever is left unsaid of the older ones, so a long session of
+abandoned answers cannot push a new answer beyond the look-ahead.
 
 One class serves training (the dataset walks each conversation's background and assistant tokens
 through it) and streaming (one per session in the model state), so both see the same candidates.
@@ -14,6 +16,8 @@ through it) and streaming (one per session in the model state), so both see the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .tokenizer import BOS
 
 NO_CANDIDATE = -1
 LOOKAHEAD = 64  # said tokens are searched among this many unsaid ones (bounds the cost per token)
@@ -27,7 +31,11 @@ class CopyPointer:
         return CopyPointer(list(self.heard))
 
     def hear(self, tokens: list[int]) -> None:
-        self.heard.extend(int(t) for t in tokens if int(t) >= 0)
+        for token in map(int, tokens):
+            if token == BOS:
+                self.heard = []
+            elif token >= 0:
+                self.heard.append(token)
 
     def candidate(self) -> int:
         return self.heard[0] if self.heard else NO_CANDIDATE

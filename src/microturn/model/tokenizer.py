@@ -62,6 +62,11 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return [i for word in text.split() for i in self.encode_word(word)]
 
+    def encode_message(self, text: str) -> list[int]:
+        """A background message: BOS marks where it starts (the copy pointer drops what is left unsaid of
+        the previous one there, and the trunk hears that a new answer begins)."""
+        return [BOS, *self.encode(text)]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode([int(i) for i in ids if int(i) not in (PAD, BOS)]).strip()
 

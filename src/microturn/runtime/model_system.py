@@ -62,7 +62,7 @@ class ModelSystem:
             session.push_background(self.background.pop(0).text)
         if self.background_model is not None:
             for item in self.background_model.take(session.turn):
-                session.push_background(item.text)
+                session.push_background(item.text, item.task)
         session.push_audio(np.asarray(chunk, dtype=np.float32), SAMPLE_RATE)
         out = self.engine.step_once()[session]
         self.last_output = out

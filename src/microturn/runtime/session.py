@@ -125,6 +125,7 @@ class Session:
         self.turn_s = chunk_samples / 16_000
         self.audio = AudioInput(chunk_samples, max_backlog)
         self.background = TokenQueue(per_turn=1)
+        self._background_message: str | None = None  # the message the last background text belonged to
         self.typed = TokenQueue(per_turn=1)
         self.words = WordAssembler(tokenizer, self.turn_s)
         self.transcript: list[dict] = []  # recent words said; truncate edits it
@@ -155,10 +156,13 @@ class Session:
         with self._lock:
             self.typed.push(ids)
 
-    def push_background(self, text: str) -> None:
-        """Background-model text: enters the model one token per micro-turn."""
-        ids = self.tokenizer.encode(text)
+    def push_background(self, text: str, message: str | None = None) -> None:
+        """Background-model text: enters the model one token per micro-turn. Pieces of one message (a
+        background task's sentences, sharing `message`) continue it; anything else starts a new one."""
         with self._lock:
+            continues = message is not None and message == self._background_message
+            self._background_message = message
+            ids = self.tokenizer.encode(text) if continues else self.tokenizer.encode_message(text)
             self.background.push(ids)
 
     def push_video(self, frame_rgb_uint8: np.ndarray) -> None:

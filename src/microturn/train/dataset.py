@@ -90,7 +90,7 @@ def read_conversations(
             )
             for w in conv.words
         ]
-        background = [(b.time, tokenizer.encode(b.text)) for b in conv.background]
+        background = [(b.time, tokenizer.encode_message(b.text)) for b in conv.background]  # one message each
         spec = conv.video["spec"] if conv.video is not None else None
         spoken = [token_phones.word(ids) for *_, ids in words]
         out.append(ConversationText(conv.id, folder, conv.duration_s, words, background, spoken, spec))
