@@ -208,6 +208,24 @@ def test_bad_step_input_is_rejected():
         model.new_state(2, [1])
 
 
+def test_a_sampled_gate_follows_its_probability_and_is_batch_invariant():
+    model = make_model(gate_temperature=1.0)
+    with torch.no_grad():
+        model.gate.weight.zero_()
+        model.gate.bias.fill_(-1.0986)  # p = 0.25 whatever the input
+    batch = random_batch(model.cfg, b=3, t=40, seed=6)
+    together = run_steps(model, batch, teacher=False, seeds=[21, 22, 23])
+    decisions = torch.stack([out.wants for out in together])  # [t, b]
+    assert 0.1 < decisions.float().mean() < 0.45  # about a quarter of the micro-turns, not all or none
+    assert not torch.equal(decisions[:, 0], decisions[:, 1])  # each session draws its own
+    alone_batch = TurnBatch(
+        **{k: (v[1:2] if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
+    )
+    alone = run_steps(model, alone_batch, teacher=False, seeds=[22])
+    assert torch.equal(torch.stack([out.wants[0] for out in alone]), decisions[:, 1])
+    assert torch.equal(torch.stack([out.speaking[0] for out in alone]), decisions[:, 1])
+
+
 def test_force_silence_override():
     model = make_model()
     with torch.no_grad():

@@ -41,6 +41,9 @@ class ModelConfig:
     # a few Euler steps of a small head need (eval rendering measures it)
     flow_temperature: float = 1.0
     gate_threshold: float = 0.5
+    # 0: speak when the gate's probability is above gate_threshold; > 0: speak with probability
+    # sigmoid(logit / gate_temperature), drawn per session from (seed, micro-turn) like the flow noise
+    gate_temperature: float = 0.0
     # the streaming speech schedule (model/speech.py): a word of n phones lasts word + n * phone frames and
     # follows the previous one after gap frames; fitted to the corpus voice (least squares over 7.8k
     # assistant words of corpora/train: 59 ms + 56 ms per phone symbol, median gap 59 ms)

@@ -257,6 +257,18 @@ class InteractionModel(nn.Module):
         state.slot_pos[rows, slots] = positions
         return self.norm(h[:, -1])
 
+    def _gate_decision(self, state: StreamState, logit: torch.Tensor) -> torch.Tensor:
+        """Speak or not, per session: a threshold, or a draw at `gate_temperature` whose uniform comes from
+        (seed, micro-turn) only, so a session decides the same alone or in any batch."""
+        cfg = self.cfg
+        if cfg.gate_temperature == 0:
+            return torch.sigmoid(logit) > cfg.gate_threshold
+        uniform = []
+        for seed, turn in zip(state.seeds.tolist(), state.turn.tolist(), strict=True):
+            g = torch.Generator().manual_seed((seed * 1_000_003 + turn + 7_919) % 2**63)
+            uniform.append(torch.rand((), generator=g))
+        return torch.stack(uniform).to(logit.device) < torch.sigmoid(logit / cfg.gate_temperature)
+
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
         """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""
         cfg = self.cfg
@@ -306,6 +318,7 @@ class InteractionModel(nn.Module):
 
         gate_logit = self.gate(hidden)[:, 0]
         prob = torch.sigmoid(gate_logit)
+        wants = self._gate_decision(state, gate_logit)
         teacher = inputs.teacher
         if teacher is not None:
             speaking = teacher.speaking.bool()
@@ -316,7 +329,7 @@ class InteractionModel(nn.Module):
             text_logits = self.text_head.logits(hidden, prev, candidates)
         else:
             text_logits = None
-            speaking = prob > cfg.gate_threshold
+            speaking = wants
             if inputs.speaking_override is not None:
                 speaking = torch.where(
                     inputs.speaking_override >= 0, inputs.speaking_override.bool(), speaking
@@ -352,6 +365,7 @@ class InteractionModel(nn.Module):
         return StepOutput(
             speaking=speaking,
             speaking_prob=prob,
+            wants=wants,
             text=text,
             mel=mel,
             floor_probs=floor_logits.softmax(-1),

@@ -91,6 +91,7 @@ class StepOutput:
 
     speaking: torch.Tensor  # [B] bool
     speaking_prob: torch.Tensor  # [B]
+    wants: torch.Tensor  # [B] bool: the gate's own decision (before any speaking_override)
     text: torch.Tensor  # [B, K] long token ids, pad (0) = no token
     mel: torch.Tensor  # [B, frames, n_mels] log-mel (natural log; the log floor when silent)
     floor_probs: torch.Tensor  # [B, len(FLOOR_STATES)]

@@ -309,7 +309,7 @@ class Engine:
         else:
             out, wave_16k, wave_24k = self._step_rows(state, inputs)
 
-        wants = (out.speaking_prob > self.model.cfg.gate_threshold).tolist()
+        wants = out.wants.tolist()
         speaking = out.speaking.tolist()
         text = out.text.tolist()
         floor = out.floor_probs.tolist()
