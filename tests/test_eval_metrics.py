@@ -66,6 +66,9 @@ def test_interruption_counts_words_after_the_interruption_and_stop_latency():
     # silent when interrupted: no stop latency to measure
     m = fdbench.interruption_metrics([], 6.0, 7.5, tone(12.0, (0.0, 3.0)))
     assert m["stop_s"] is None and m["to"] == 0
+    # interrupted in a 300 ms pause between two words: still speaking, and it stops at the pause
+    m = fdbench.interruption_metrics([], 6.0, 7.5, tone(12.0, (0.0, 5.7), (6.1, 6.4)))
+    assert m["speaking_at_interruption"] and m["stop_s"] == pytest.approx(0.4, abs=0.021)
 
 
 def test_quiet_needs_500_ms():
@@ -122,6 +125,8 @@ def test_overlap_behaviours():
     assert classify_overlap(tone(10.0, (0.0, 3.3)), talk, 3.0, 3.4, REPLY) == "stop"
     # was not speaking when the overlap came
     assert classify_overlap(tone(10.0, (0.0, 2.0)), talk, 3.0, 3.4, REPLY) == "not_speaking"
+    # between two words when it came (a 300 ms pause): speaking, and it talks on
+    assert classify_overlap(tone(10.0, (0.0, 2.7), (3.0, 7.0)), talk, 3.0, 3.4, REPLY) == "continue"
 
 
 def test_overlap_scores():

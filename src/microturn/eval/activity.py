@@ -19,6 +19,9 @@ from microturn.audio import SAMPLE_RATE
 FRAME_S = 0.02
 QUIET_RMS = 0.01  # -40 dBFS
 MIN_QUIET_S = 0.5  # longer than the pauses at commas and between sentences (piper: ~200-300 ms)
+# A system is speaking at a moment if it was audible in the MIN_QUIET_S before it: a pause between its
+# words is still its turn, as only a quiet stretch that long counts as having stopped.
+SPEAKING_BEFORE_S = MIN_QUIET_S
 
 
 @dataclass(frozen=True)

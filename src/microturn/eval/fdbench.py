@@ -15,7 +15,7 @@ import jiwer
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 
-from microturn.eval.activity import FRAME_S, Segment, active_at, quiet_start_after
+from microturn.eval.activity import FRAME_S, SPEAKING_BEFORE_S, Segment, active_at, quiet_start_after
 
 TAKEOVER_SPAN_S = 1.0
 TAKEOVER_WORDS = 3
@@ -23,7 +23,6 @@ BACKCHANNEL_TAKEOVER_S = 3.0
 BACKCHANNEL_MAX_S = 1.0
 BACKCHANNEL_MAX_WORDS = 2
 JSD_BIN_S = 0.2
-SPEAKING_BEFORE_S = 0.2  # the system counts as speaking at the interruption if active in the 200 ms before
 
 
 @dataclass(frozen=True)

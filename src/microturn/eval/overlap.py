@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from microturn.audio import SAMPLE_RATE, write_wav
-from microturn.eval.activity import FRAME_S, MIN_QUIET_S, active_at, quiet_start_after
+from microturn.eval.activity import FRAME_S, MIN_QUIET_S, SPEAKING_BEFORE_S, active_at, quiet_start_after
 from microturn.eval.fdbench import Word
 from microturn.eval.samples import OVERLAP_SCENARIOS
 
@@ -39,7 +39,7 @@ _TOKEN = re.compile(r"[a-z']+")
 
 @dataclass(frozen=True)
 class OverlapRule:
-    speaking_before_s: float = 0.2  # the system must be audible in the 200 ms before the overlap starts
+    speaking_before_s: float = SPEAKING_BEFORE_S  # the system was speaking when the overlap began
     stop_within_s: float = 1.5  # a yield is a silence that starts within this after the overlap start
     yield_silence_s: float = MIN_QUIET_S  # ... and lasts at least this long (500 ms)
     restart_within_s: float = (
