@@ -226,6 +226,21 @@ def test_a_sampled_gate_follows_its_probability_and_is_batch_invariant():
     assert torch.equal(torch.stack([out.speaking[0] for out in alone]), decisions[:, 1])
 
 
+def test_an_utterance_starts_with_a_word_however_unsure_the_text_head_is():
+    model = make_model()
+    with torch.no_grad():
+        model.gate.weight.zero_()
+        model.gate.bias.fill_(5.0)  # speaks every micro-turn
+        model.text_head.norm2.weight.zero_()  # every logit 0: greedy takes the first, "no token" (pad)
+    silent = torch.zeros(1, model.cfg.frames, model.cfg.n_mels, dtype=torch.long)
+    state = model.new_state(1)
+    first, second = (model.step(state, StepInputs(silent)) for _ in range(2))
+    assert first.speaking[0] and first.text[0, 0] != 0  # the onset says a word
+    assert second.speaking[0] and (second.text[0] == 0).all()  # mid-utterance the head decides
+    model.step(state, StepInputs(silent, speaking_override=torch.tensor([0])))  # silenced, then again
+    assert model.step(state, StepInputs(silent)).text[0, 0] != 0
+
+
 def test_force_silence_override():
     model = make_model()
     with torch.no_grad():

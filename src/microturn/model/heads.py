@@ -47,10 +47,20 @@ class SlotTextDecoder(nn.Module):
         [..., K] (-1 none) -> [..., K, V]."""
         return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0, candidates)
 
-    def greedy(self, hidden: torch.Tensor, bos: int, pad: int, pointers: list[CopyPointer]) -> torch.Tensor:
+    def greedy(
+        self,
+        hidden: torch.Tensor,
+        bos: int,
+        pad: int,
+        pointers: list[CopyPointer],
+        starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Streaming decode: tokens [B, K], pad after the first pad; each row's copy pointer follows what it
         says. Slots depend on each other only through the previous token, so each slot costs one vocabulary
-        projection, and none once every row ended."""
+        projection, and none once every row ended. Rows where `starts` [B] bool (the session starts
+        speaking) take their first token from the words alone: in the corpus every window that begins an
+        utterance begins a word, but the head, trained on every micro-turn, spreads the onset's timing over
+        neighbouring windows, and a greedy pad there would voice a word-less mumble."""
         base = self.from_hidden(hidden)
         token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
         tokens = torch.full((hidden.shape[0], self.slots), pad, dtype=torch.long, device=hidden.device)
@@ -58,6 +68,8 @@ class SlotTextDecoder(nn.Module):
         for i in range(self.slots):
             candidates = torch.tensor([p.candidate() for p in pointers], device=hidden.device)
             logits = self._slot_logits(base, token[:, None], i, candidates[:, None])[:, 0]
+            if i == 0 and starts is not None:
+                logits[:, pad] = logits[:, pad].masked_fill(starts, float("-inf"))
             token = logits.argmax(-1).masked_fill(ended, pad)
             tokens[:, i] = token
             ended |= token == pad

@@ -339,7 +339,8 @@ class InteractionModel(nn.Module):
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
-                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers)
+                starts = torch.tensor([not state.speech[r].talking for r in rows.tolist()], dtype=torch.bool)
+                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, starts)
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):

@@ -122,10 +122,11 @@ class SpeechSchedule:
     start: list[float] = field(default_factory=list)
     end: list[float] = field(default_factory=list)
     next_word: int = 0
+    talking: bool = False  # whether the session spoke in the window `say` was last given
 
     def copy(self) -> SpeechSchedule:
         return SpeechSchedule(
-            list(self.phones), list(self.word), list(self.start), list(self.end), self.next_word
+            list(self.phones), list(self.word), list(self.start), list(self.end), self.next_word, self.talking
         )
 
     def say(
@@ -138,6 +139,7 @@ class SpeechSchedule:
     ) -> None:
         """The next window (`window` frames): its tokens are scheduled while speaking; silence (the model
         stopped or was interrupted) drops what was not said yet."""
+        self.talking = speaking
         if not speaking:
             self.clear()
         elif token_phones is not None:
