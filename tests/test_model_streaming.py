@@ -226,6 +226,18 @@ def test_a_sampled_gate_follows_its_probability_and_is_batch_invariant():
     assert torch.equal(torch.stack([out.speaking[0] for out in alone]), decisions[:, 1])
 
 
+def test_starting_to_speak_takes_more_confidence_than_going_on():
+    model = make_model(gate_start_threshold=0.6)
+    with torch.no_grad():
+        model.gate.weight.zero_()
+        model.gate.bias.fill_(0.2007)  # p = 0.55 whatever the input: enough to go on, not to start
+    silent = torch.zeros(1, model.cfg.frames, model.cfg.n_mels, dtype=torch.long)
+    state = model.new_state(1)
+    assert not any(model.step(state, StepInputs(silent)).speaking[0] for _ in range(3))
+    model.step(state, StepInputs(silent, speaking_override=torch.tensor([1])))  # made to start once
+    assert all(model.step(state, StepInputs(silent)).speaking[0] for _ in range(3))
+
+
 def test_an_utterance_starts_with_a_word_however_unsure_the_text_head_is():
     model = make_model()
     with torch.no_grad():

@@ -41,6 +41,9 @@ class ModelConfig:
     # a few Euler steps of a small head need (eval rendering measures it)
     flow_temperature: float = 1.0
     gate_threshold: float = 0.5
+    # the threshold to start speaking (the session was silent in the last window); None: gate_threshold.
+    # Above it, a costly barge-in into a pause needs more confidence than going on with a turn does
+    gate_start_threshold: float | None = None
     # 0: speak when the gate's probability is above gate_threshold; > 0: speak with probability
     # sigmoid(logit / gate_temperature), drawn per session from (seed, micro-turn) like the flow noise
     gate_temperature: float = 0.0

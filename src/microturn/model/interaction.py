@@ -258,11 +258,14 @@ class InteractionModel(nn.Module):
         return self.norm(h[:, -1])
 
     def _gate_decision(self, state: StreamState, logit: torch.Tensor) -> torch.Tensor:
-        """Speak or not, per session: a threshold, or a draw at `gate_temperature` whose uniform comes from
-        (seed, micro-turn) only, so a session decides the same alone or in any batch."""
+        """Speak or not, per session: a threshold (`gate_start_threshold` to start, `gate_threshold` to go
+        on), or a draw at `gate_temperature` whose uniform comes from (seed, micro-turn) only, so a session
+        decides the same alone or in any batch."""
         cfg = self.cfg
         if cfg.gate_temperature == 0:
-            return torch.sigmoid(logit) > cfg.gate_threshold
+            start = cfg.gate_threshold if cfg.gate_start_threshold is None else cfg.gate_start_threshold
+            talking = torch.tensor([s.talking for s in state.speech], dtype=torch.bool, device=logit.device)
+            return torch.sigmoid(logit) > torch.where(talking, cfg.gate_threshold, start)
         uniform = []
         for seed, turn in zip(state.seeds.tolist(), state.turn.tolist(), strict=True):
             g = torch.Generator().manual_seed((seed * 1_000_003 + turn + 7_919) % 2**63)
