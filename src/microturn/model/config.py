@@ -104,6 +104,7 @@ CONFIGS: dict[str, ModelConfig] = {
         flow_layers=2,
         flow_steps=4,
         flow_temperature=0.0,  # eval rendering WER 0.68 at 0, 0.82 at 0.3 (stage 4, step 1,000)
+        gate_start_threshold=0.6,  # valid FDB, stage 4: pause TOR 0.05 -> 0.00, turn-taking 0.95 -> 1.00
     ),
     # GPU sizes.
     "base": ModelConfig(
