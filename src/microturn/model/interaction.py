@@ -41,6 +41,16 @@ from .tokenizer import BOS, PAD
 SILENT_LOG_MEL = math.log(audio.LOG_FLOOR)  # what a silent micro-turn's mel frames hold
 
 
+# Per-session random streams, drawn from (seed, micro-turn, stream) only, so a session's draws are the same
+# alone or in any batch: the flow's start noise and the sampled gate's uniforms.
+_FLOW_NOISE, _GATE_DRAWS = 0, 7_919
+
+
+def _session_generator(state: StreamState, row: int, stream: int) -> torch.Generator:
+    seed, turn = int(state.seeds[row]), int(state.turn[row])
+    return torch.Generator().manual_seed((seed * 1_000_003 + turn + stream) % 2**63)
+
+
 def emitted_log_mel(mel_norm: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
     """The log-mel that plays: the (normalised) mel when speaking, the log floor when silent. Training
     renders its teacher-forced out tokens through this too, so both paths embed the same dMel."""
@@ -257,19 +267,15 @@ class InteractionModel(nn.Module):
         state.slot_pos[rows, slots] = positions
         return self.norm(h[:, -1])
 
-    def _gate_decision(self, state: StreamState, logit: torch.Tensor) -> torch.Tensor:
-        """Speak or not, per session: a threshold (`gate_start_threshold` to start, `gate_threshold` to go
-        on), or a draw at `gate_temperature` whose uniform comes from (seed, micro-turn) only, so a session
-        decides the same alone or in any batch."""
+    def _gate_decision(self, state: StreamState, logit: torch.Tensor, talking: torch.Tensor) -> torch.Tensor:
+        """Speak or not, per session (`talking`: it spoke in the last window): a threshold
+        (`gate_start_threshold` to start, `gate_threshold` to go on), or a draw at `gate_temperature`."""
         cfg = self.cfg
         if cfg.gate_temperature == 0:
             start = cfg.gate_threshold if cfg.gate_start_threshold is None else cfg.gate_start_threshold
-            talking = torch.tensor([s.talking for s in state.speech], dtype=torch.bool, device=logit.device)
             return torch.sigmoid(logit) > torch.where(talking, cfg.gate_threshold, start)
-        uniform = []
-        for seed, turn in zip(state.seeds.tolist(), state.turn.tolist(), strict=True):
-            g = torch.Generator().manual_seed((seed * 1_000_003 + turn + 7_919) % 2**63)
-            uniform.append(torch.rand((), generator=g))
+        rows = range(state.batch_size)
+        uniform = [torch.rand((), generator=_session_generator(state, r, _GATE_DRAWS)) for r in rows]
         return torch.stack(uniform).to(logit.device) < torch.sigmoid(logit / cfg.gate_temperature)
 
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
@@ -279,7 +285,7 @@ class InteractionModel(nn.Module):
             return torch.zeros(len(rows), cfg.frames, cfg.n_mels, device=state.turn.device)
         noise = []
         for r in rows.tolist():
-            g = torch.Generator().manual_seed((int(state.seeds[r]) * 1_000_003 + int(state.turn[r])) % 2**63)
+            g = _session_generator(state, r, _FLOW_NOISE)
             noise.append(torch.randn(cfg.frames, cfg.n_mels, generator=g) * cfg.flow_temperature)
         return torch.stack(noise).to(state.turn.device) if noise else torch.zeros(0, cfg.frames, cfg.n_mels)
 
@@ -321,7 +327,8 @@ class InteractionModel(nn.Module):
 
         gate_logit = self.gate(hidden)[:, 0]
         prob = torch.sigmoid(gate_logit)
-        wants = self._gate_decision(state, gate_logit)
+        talking = torch.tensor([s.talking for s in state.speech], dtype=torch.bool, device=gate_logit.device)
+        wants = self._gate_decision(state, gate_logit, talking)
         teacher = inputs.teacher
         if teacher is not None:
             speaking = teacher.speaking.bool()
@@ -342,8 +349,7 @@ class InteractionModel(nn.Module):
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
-                starts = torch.tensor([not state.speech[r].talking for r in rows.tolist()], dtype=torch.bool)
-                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, starts)
+                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, ~talking[rows])
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
