@@ -9,7 +9,7 @@ import torch
 
 from microturn import audio
 from microturn.model.config import get_config
-from microturn.model.copying import CopyPointer
+from microturn.model.copying import CopyPointer, heard_in_slots
 from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel
 from microturn.model.speech import N_PHONE_IDS, WIDTH
 from microturn.model.streaming import StepInputs, StepTeacher, StreamState
@@ -63,7 +63,9 @@ def step_inputs(batch: TurnBatch, t: int, teacher: bool = True) -> StepInputs:
         gap=batch.gap[:, t],
         video=None if batch.video is None else batch.video[:, t],
         video_present=None if batch.video_present is None else batch.video_present[:, t],
-        teacher=StepTeacher(batch.text[:, t], batch.mel[:, t], batch.speaking[:, t]) if teacher else None,
+        teacher=StepTeacher(batch.text[:, t], batch.mel[:, t], batch.speaking[:, t], batch.user_text[:, t])
+        if teacher
+        else None,
     )
 
 
@@ -96,6 +98,31 @@ def test_step_path_matches_training_forward_over_30_seconds(video):
     torch.testing.assert_close(
         torch.stack([o.gate_logit for o in outs], 1), model.gate(hidden)[..., 0], atol=1e-4, rtol=1e-4
     )
+
+
+def test_heard_words_pointer_matches_training_and_points_at_what_was_heard():
+    model = make_model(heard_tokens=12)  # fewer than the crop's words: the memory's limit is exercised
+    batch = random_batch(model.cfg, b=2, t=40, seed=5)
+    batch.user_text *= torch.rand(batch.user_text.shape, generator=torch.Generator().manual_seed(6)) < 0.3
+    with torch.no_grad():
+        model.text_head.heard_mix.bias.fill_(2.0)  # most of the mass on heard words
+        hidden = model(batch)
+        prev = torch.cat([torch.full_like(batch.text[..., :1], 2), batch.text[..., :-1]], dim=-1)
+        heard = model._heard_in_batch(batch)
+        text_scores = model.text_head.logits(hidden, prev, batch.text_copy, heard)
+    assert heard.visible.sum(-1).max() == 12
+    outs = run_steps(model, batch)
+    torch.testing.assert_close(
+        torch.stack([o.text_logits for o in outs], 1), text_scores, atol=1e-4, rtol=1e-4
+    )
+    # the best token of a slot is one of the last 12 heard words once something was heard
+    best = text_scores.argmax(-1)  # [B, T, K]
+    for r in range(2):
+        words = [(w, t) for t in range(40) for w in heard_in_slots(batch.user_text[r, t].tolist())]
+        first = words[0][1]
+        for t in range(first, 40):
+            assert set(best[r, t].tolist()) <= set([w for w, at in words if at <= t][-12:])
+        assert all(int(w) not in {x for x, _ in words} for w in best[r, :first].flatten())
 
 
 def test_window_masks_agree_and_forget_old_input():

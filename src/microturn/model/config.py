@@ -54,6 +54,8 @@ class ModelConfig:
     speech_phone_frames: float = 5.6
     speech_gap_frames: float = 6.0
     user_transcript_delay: int = 2  # micro-turns: the aux transcript names user words started 400 ms ago
+    # the text head points at this many of the user's last heard words (model/copying.py); 0: it does not
+    heard_tokens: int = 0
 
     @property
     def frames(self) -> int:
@@ -105,6 +107,7 @@ CONFIGS: dict[str, ModelConfig] = {
         flow_steps=4,
         flow_temperature=0.0,  # eval rendering WER 0.68 at 0, 0.82 at 0.3 (stage 4, step 1,000)
         gate_start_threshold=0.6,  # valid FDB, stage 4: pause TOR 0.05 -> 0.00, turn-taking 0.95 -> 1.00
+        heard_tokens=256,  # the user's last 256 words: a cue-word instruction stays readable for minutes
     ),
     # GPU sizes.
     "base": ModelConfig(

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .copying import CopyPointer
+from .copying import HEARD_CONTEXT, CopyPointer, HeardMemory
 from .layers import MLP, RMSNorm
 from .speech import N_PHONE_IDS, WIDTH
 
@@ -29,23 +29,55 @@ class SlotTextDecoder(nn.Module):
         self.norm1, self.norm2 = RMSNorm(cfg.d_model), RMSNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, 2 * cfg.d_model, "gelu")
         self.copy_bonus = nn.Linear(cfg.d_model, 1)
+        self.hears = cfg.heard_tokens > 0
+        if self.hears:
+            self.heard_key = nn.Linear(HEARD_CONTEXT * cfg.d_model, cfg.d_model, bias=False)
+            self.heard_query = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+            self.heard_mix = nn.Linear(cfg.d_model, 1)  # the logit of saying a heard word
+
+    def heard_keys(self, contexts: torch.Tensor) -> torch.Tensor:
+        """[..., HEARD_CONTEXT] token ids (-1 none) -> keys [..., d]."""
+        e = self.text_embedding(contexts.clamp(min=0)) * (contexts >= 0)[..., None]
+        return self.heard_key(e.flatten(-2))
+
+    def _point_at_heard(self, x: torch.Tensor, logits: torch.Tensor, heard: HeardMemory) -> torch.Tensor:
+        """x [L, ..., S, d] slot states, logits [L, ..., S, V]; heard rows L -> mixture log-probabilities."""
+        lead, d = x.shape[:-1], x.shape[-1]
+        q = self.heard_query(x).reshape(lead[0], -1, d)
+        scores = (q @ heard.keys.transpose(1, 2)).reshape(*lead, -1) / math.sqrt(d)
+        # a large negative rather than -inf: a query with nothing heard stays finite (its share is 0)
+        attention = scores.masked_fill(~heard.visible, -1e4).softmax(-1)
+        share = torch.sigmoid(self.heard_mix(x)) * heard.visible.any(-1, keepdim=True)
+        tokens = heard.tokens.clamp(min=0).reshape(lead[0], *[1] * (len(lead) - 1), -1).expand_as(attention)
+        probs = (logits.softmax(-1) * (1 - share)).scatter_add(-1, tokens, attention * share)
+        return (probs + 1e-9).log()
 
     def _slot_logits(
-        self, base: torch.Tensor, prev_tokens: torch.Tensor, first_slot: int, candidates: torch.Tensor
+        self,
+        base: torch.Tensor,
+        prev_tokens: torch.Tensor,
+        first_slot: int,
+        candidates: torch.Tensor,
+        heard: HeardMemory | None = None,
     ) -> torch.Tensor:
         s = prev_tokens.shape[-1]
         x = base[..., None, :] + self.text_embedding(prev_tokens) + self.slot_pos[first_slot : first_slot + s]
         x = self.norm2(x + self.mlp(self.norm1(x)))
         logits = x @ self.text_embedding.weight.T
         bonus = self.copy_bonus(x) * (candidates >= 0)[..., None]
-        return logits.scatter_add(-1, candidates.clamp(min=0)[..., None], bonus)
+        logits = logits.scatter_add(-1, candidates.clamp(min=0)[..., None], bonus)
+        return logits if heard is None or not self.hears else self._point_at_heard(x, logits, heard)
 
     def logits(
-        self, hidden: torch.Tensor, prev_tokens: torch.Tensor, candidates: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        prev_tokens: torch.Tensor,
+        candidates: torch.Tensor,
+        heard: HeardMemory | None = None,
     ) -> torch.Tensor:
-        """Teacher forcing: hidden [..., d], prev_tokens [..., K] (BOS, then slots 0..K-2), copy candidates
-        [..., K] (-1 none) -> [..., K, V]."""
-        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0, candidates)
+        """Teacher forcing: hidden [L, ..., d], prev_tokens [L, ..., K] (BOS, then slots 0..K-2), copy
+        candidates [L, ..., K] (-1 none), heard words per leading row -> [L, ..., K, V]."""
+        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0, candidates, heard)
 
     def greedy(
         self,
@@ -54,6 +86,7 @@ class SlotTextDecoder(nn.Module):
         pad: int,
         pointers: list[CopyPointer],
         starts: torch.Tensor | None = None,
+        heard: HeardMemory | None = None,
     ) -> torch.Tensor:
         """Streaming decode: tokens [B, K], pad after the first pad; each row's copy pointer follows what it
         says. Slots depend on each other only through the previous token, so each slot costs one vocabulary
@@ -67,7 +100,7 @@ class SlotTextDecoder(nn.Module):
         ended = torch.zeros_like(token, dtype=torch.bool)
         for i in range(self.slots):
             candidates = torch.tensor([p.candidate() for p in pointers], device=hidden.device)
-            logits = self._slot_logits(base, token[:, None], i, candidates[:, None])[:, 0]
+            logits = self._slot_logits(base, token[:, None], i, candidates[:, None], heard)[:, 0]
             if i == 0 and starts is not None:
                 logits[:, pad] = logits[:, pad].masked_fill(starts, float("-inf"))
             token = logits.argmax(-1).masked_fill(ended, pad)

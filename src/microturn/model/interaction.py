@@ -22,7 +22,15 @@ from torch import nn
 
 from .. import audio
 from .config import FLOOR_STATES, ModelConfig
-from .copying import CopyPointer
+from .copying import (
+    CopyPointer,
+    HeardMemory,
+    HeardWords,
+    heard_batch,
+    heard_contexts,
+    heard_from_transcript,
+    heard_in_slots,
+)
 from .heads import FlowMelHead, SlotTextDecoder
 from .layers import (
     Block,
@@ -119,6 +127,9 @@ class InteractionModel(nn.Module):
         self.apply(self._init)
         # copying starts off, so a fine-tune that adds the copy pointer starts where the model was
         nn.init.zeros_(self.text_head.copy_bonus.weight)
+        if self.text_head.hears:  # and so does pointing at heard words (5% of the mass until it learns)
+            nn.init.zeros_(self.text_head.heard_mix.weight)
+            nn.init.constant_(self.text_head.heard_mix.bias, -3.0)
         # the phones of each token, for the streaming speech schedule: set by `attach_tokenizer`
         # (load_checkpoint does); without it the mel head is told no phones
         self.token_phones: TokenPhones | None = None
@@ -186,6 +197,18 @@ class InteractionModel(nn.Module):
         slots = self.user_text_head(hidden).unflatten(-1, (self.cfg.text_slots, self.cfg.d_model))
         return slots @ self.text_embedding.weight.T
 
+    def _heard_in_batch(self, batch: TurnBatch) -> HeardMemory | None:
+        """Training's heard-words memory: the crop's user transcript, each word readable from the micro-turn
+        its transcript target names it on (as the streaming head would), the last `heard_tokens` of them."""
+        if not self.text_head.hears:
+            return None
+        tokens, contexts, turns = heard_from_transcript(batch.user_text)
+        now = torch.arange(batch.user_text.shape[1], device=tokens.device)
+        visible = (turns[:, None, :] <= now[None, :, None]) & (tokens >= 0)[:, None, :]  # [B, T, M]
+        order = torch.arange(tokens.shape[1], device=tokens.device)
+        visible &= order >= visible.sum(-1, keepdim=True) - self.cfg.heard_tokens
+        return HeardMemory(tokens, self.text_head.heard_keys(contexts), visible[:, :, None, :])
+
     # ---- training path ----
     def forward(self, batch: TurnBatch) -> torch.Tensor:
         """Hidden states at the in tokens [B, T, d] for a teacher-forced batch."""
@@ -213,13 +236,12 @@ class InteractionModel(nn.Module):
         valid = batch.valid
         h = hidden[valid]
         bos = torch.full_like(batch.text[..., :1], BOS)
-        prev = torch.cat([bos, batch.text[..., :-1]], dim=-1)[valid]
+        prev = torch.cat([bos, batch.text[..., :-1]], dim=-1)
         text = batch.text[valid]
+        text_scores = self.text_head.logits(hidden, prev, batch.text_copy, self._heard_in_batch(batch))
         losses = {
             "gate": F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], batch.speaking[valid].float()),
-            "text": F.cross_entropy(
-                self.text_head.logits(h, prev, batch.text_copy[valid]).flatten(0, 1), text.flatten()
-            ),
+            "text": F.cross_entropy(text_scores[valid].flatten(0, 1), text.flatten()),
             "floor": F.cross_entropy(self.floor_head(h), batch.floor[valid]),
             "user_text": F.cross_entropy(
                 self.user_text_logits(h).flatten(0, 1), batch.user_text[valid].flatten()
@@ -252,6 +274,7 @@ class InteractionModel(nn.Module):
             out_token=torch.zeros(batch_size, cfg.d_model, device=device),
             speech=[SpeechSchedule() for _ in range(batch_size)],
             copy=[CopyPointer() for _ in range(batch_size)],
+            heard=[HeardWords() for _ in range(batch_size)],
         )
 
     def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -266,6 +289,23 @@ class InteractionModel(nn.Module):
             h = block.step(h, rope, slots, k, v, bias, last_only=i == last)
         state.slot_pos[rows, slots] = positions
         return self.norm(h[:, -1])
+
+    def _hear_user(self, state: StreamState, user_text: torch.Tensor) -> None:
+        """Each session's words heard this micro-turn (transcript slots up to the first pad) join its memory,
+        keyed with the words before them: one key projection for all sessions."""
+        heard, contexts = [], []
+        for words, slots in zip(state.heard, user_text.tolist(), strict=True):
+            new = heard_in_slots(slots)
+            heard.append(new)
+            contexts += heard_contexts(new, words.tokens)
+        if not contexts:
+            return
+        keys = self.text_head.heard_keys(torch.tensor(contexts, device=user_text.device)).split(
+            [len(new) for new in heard]
+        )
+        for words, new, k in zip(state.heard, heard, keys, strict=True):
+            if new:
+                words.hear(new, k, self.cfg.heard_tokens)
 
     def _gate_decision(self, state: StreamState, logit: torch.Tensor, talking: torch.Tensor) -> torch.Tensor:
         """Speak or not, per session (`talking`: it spoke in the last window): a threshold
@@ -325,6 +365,14 @@ class InteractionModel(nn.Module):
         positions = torch.stack([2 * state.turn - 1, 2 * state.turn], dim=1)
         hidden = self._advance(state, torch.stack([state.out_token, x_in], dim=1), positions)
 
+        user_text = None
+        if transcribe_user or self.text_head.hears:
+            user_text = self.user_text_logits(hidden).argmax(-1)
+            if inputs.teacher is not None and inputs.teacher.user_text is not None:
+                user_text = inputs.teacher.user_text
+            if self.text_head.hears:
+                self._hear_user(state, user_text)
+
         gate_logit = self.gate(hidden)[:, 0]
         prob = torch.sigmoid(gate_logit)
         talking = torch.tensor([s.talking for s in state.speech], dtype=torch.bool, device=gate_logit.device)
@@ -336,7 +384,8 @@ class InteractionModel(nn.Module):
             prev = torch.cat([torch.full_like(text[:, :1], BOS), text[:, :-1]], dim=1)
             pairs = zip(state.copy, text.tolist(), strict=True)
             candidates = torch.tensor([p.slot_candidates(row, cfg.text_slots, PAD) for p, row in pairs])
-            text_logits = self.text_head.logits(hidden, prev, candidates)
+            heard = heard_batch(state.heard, cfg.d_model, hidden.device)
+            text_logits = self.text_head.logits(hidden, prev, candidates, heard)
         else:
             text_logits = None
             speaking = wants
@@ -349,7 +398,8 @@ class InteractionModel(nn.Module):
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
-                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, ~talking[rows])
+                heard = heard_batch([state.heard[r] for r in rows.tolist()], cfg.d_model, hidden.device)
+                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, ~talking[rows], heard)
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
@@ -379,7 +429,7 @@ class InteractionModel(nn.Module):
             text=text,
             mel=mel,
             floor_probs=floor_logits.softmax(-1),
-            user_text=self.user_text_logits(hidden).argmax(-1) if transcribe_user else None,
+            user_text=user_text if transcribe_user else None,
             hidden=hidden,
             gate_logit=gate_logit,
             text_logits=text_logits,

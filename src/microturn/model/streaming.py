@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .copying import CopyPointer
+from .copying import CopyPointer, HeardWords
 from .speech import SpeechSchedule
 
 
@@ -27,6 +27,7 @@ class StreamState:
     out_token: torch.Tensor
     speech: list[SpeechSchedule]  # per session: the phones still to be said (mel head condition)
     copy: list[CopyPointer]  # per session: the background tokens not yet said (text head copy candidates)
+    heard: list[HeardWords]  # per session: the user's last words and their keys (cfg.heard_tokens > 0)
 
     @property
     def batch_size(self) -> int:
@@ -44,6 +45,7 @@ class StreamState:
             out_token=self.out_token[index],
             speech=[self.speech[i].copy() for i in index.tolist()],
             copy=[self.copy[i].copy() for i in index.tolist()],
+            heard=[self.heard[i].copy() for i in index.tolist()],
         )
 
     @staticmethod
@@ -59,6 +61,7 @@ class StreamState:
             out_token=torch.cat([s.out_token for s in states]),
             speech=[schedule.copy() for s in states for schedule in s.speech],
             copy=[pointer.copy() for s in states for pointer in s.copy],
+            heard=[words.copy() for s in states for words in s.heard],
         )
 
 
@@ -69,6 +72,9 @@ class StepTeacher:
     text: torch.Tensor  # [B, K] long, pad = 0
     mel: torch.Tensor  # [B, frames, n_mels] normalised log-mel (audio.normalise_log_mel)
     speaking: torch.Tensor  # [B] long 0/1
+    # [B, K] the user's words heard this micro-turn (pad 0) in place of the user-transcript head's: what
+    # training's heard-words memory reads
+    user_text: torch.Tensor | None = None
 
 
 @dataclass

@@ -116,6 +116,7 @@ class BatchState:
             m.out_token[one],
             m.speech[one],  # the same schedule and pointer objects: stepping the row updates them
             m.copy[one],
+            m.heard[one],
         )
         voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
         resampler = ResamplerState(
