@@ -235,6 +235,14 @@ def test_eval_scores_delivery_delay_and_talk_over() -> None:
     assert first["turn_end_to_answer_s"] == 1.0
     assert first["talk_over_user_s"] == pytest.approx(0.4)  # capital 0.05 + of 0.25 + france 0.1 s
     assert second == {"task": "bg2", "status": "failed", "text": ""}
+    # another answer arriving at 6.9 s: words started from then on are its talk-over, not the first's too
+    later = [
+        {"task_id": "bg3", "status": "started", "time": t0 + 6.0},
+        {"task_id": "bg3", "status": "progress", "text": "It is sunny.", "time": t0 + 6.9},
+    ]
+    first, _, third = score_episode("ep", events + later, words, [(7.0, 7.5)], t0)["answers"]
+    assert first["talk_over_user_s"] == pytest.approx(0.05)  # capital (started 6.8 s)
+    assert third["talk_over_user_s"] == pytest.approx(0.35)  # of, france
     summary = summarise([result], 0.5)
     assert (summary["answers"], summary["delivered"], summary["tasks_failed"]) == (1, 1.0, 1)
     # the text head meant the answer but the voice lost it: delivered in text, not in speech

@@ -9,7 +9,7 @@ URL); the worker is started by the session's own user-turn ends, exactly as in t
   the same score on the words of its text head (what it meant to say), which separates content from voice;
 - first_word_delay_s: from an answer's first sentence reaching the session to the model's first word after;
 - talk_over_user_s: seconds the model spoke while the user was speaking (the corpus's user words), from
-  an answer's arrival to the end of the episode (target 0);
+  an answer's arrival to the next answer's (or the episode's end), so no second counts twice (target 0);
 - backend: tasks started, failed, and the time from a turn end to the first sentence.
 """
 
@@ -118,6 +118,10 @@ def score_episode(
     """Delivery, first-word delay and talk-over for each answer of one episode (times in session seconds)."""
     answers = []
     tasks = [e for e in events if e["status"] == "started"]
+    first_sentences = {}
+    for e in events:
+        if e["status"] == "progress" and "text" in e:
+            first_sentences.setdefault(e["task_id"], e["time"] - t0)
     for task in tasks:
         sentences = [
             e for e in events if e["task_id"] == task["task_id"] and e["status"] == "progress" and "text" in e
@@ -141,8 +145,12 @@ def score_episode(
         answer_words = content_words(text)
         said_words = content_words(" ".join(w["text"] for w in said_after))
         overlap = len(answer_words & said_words) / max(1, len(answer_words))
+        until = min([t for t in first_sentences.values() if t > arrival], default=float("inf"))
         talk_over = sum(
-            max(0.0, min(w["end"], b) - max(w["start"], a)) for w in said_after for a, b in user_spans
+            max(0.0, min(w["end"], b) - max(w["start"], a))
+            for w in said_after
+            if w["start"] < until
+            for a, b in user_spans
         )
         answers.append(
             {
