@@ -10,7 +10,7 @@ import torch
 from microturn import audio
 from microturn.model.config import get_config
 from microturn.model.copying import CopyPointer, heard_in_slots
-from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel
+from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel, previous_frames
 from microturn.model.speech import N_PHONE_IDS, WIDTH
 from microturn.model.streaming import StepInputs, StepTeacher, StreamState
 
@@ -79,14 +79,19 @@ def make_model(**overrides) -> InteractionModel:
     return InteractionModel(get_config("tiny", **overrides)).eval()
 
 
-@pytest.mark.parametrize("video", [False, True])
+@pytest.mark.parametrize("video", [False, True, "motion"])
 def test_step_path_matches_training_forward_over_30_seconds(video):
-    model = make_model(video_size=80)  # small frames keep the video case fast
-    batch = random_batch(model.cfg, b=2, t=150, seed=1, video=video)  # 150 micro-turns = 30 s > window
+    model = make_model(video_size=80, video_motion=video == "motion")  # small frames keep video fast
+    batch = random_batch(model.cfg, b=2, t=150, seed=1, video=bool(video))  # 150 micro-turns = 30 s > window
     assert (batch.text_copy >= 0).float().mean() > 0.5  # the copy candidates are exercised
     with torch.no_grad():
         model.text_head.copy_bonus.bias.fill_(3.0)
+        if video == "motion":  # frames present in 30% of micro-turns: the previous one is often further back
+            without_motion = model(batch)
+            model.video.motion.weight.normal_(0.0, 0.05)
         hidden = model(batch)
+        if video == "motion":
+            assert not torch.allclose(hidden, without_motion, atol=1e-3)
         prev = torch.cat([torch.full_like(batch.text[..., :1], 2), batch.text[..., :-1]], dim=-1)
         text_logits = model.text_head.logits(hidden, prev, batch.text_copy)
     outs = run_steps(model, batch)
@@ -191,8 +196,12 @@ def test_flow_steps_override_changes_only_the_mel():
 
 
 def test_sessions_join_and_leave_between_micro_turns():
-    model = make_model()
-    batch = random_batch(model.cfg, b=2, t=10, seed=6)
+    # with everything a session carries: heard words and the last video frame too
+    model = make_model(video_size=80, video_motion=True, heard_tokens=16)
+    with torch.no_grad():
+        model.video.motion.weight.normal_(0.0, 0.05)
+        model.text_head.heard_mix.bias.fill_(2.0)
+    batch = random_batch(model.cfg, b=2, t=10, seed=6, video=True)
     reference = run_steps(model, batch, seeds=[1, 2])
     # session 0 runs alone for 4 micro-turns, then session 1 joins (at its own micro-turn 0), then 0 leaves
     s0 = model.new_state(1, [1])
@@ -214,15 +223,19 @@ def test_sessions_join_and_leave_between_micro_turns():
             bg_token=torch.stack([batch.bg_tokens[0, 4 + j], batch.bg_tokens[1, j]]),
             typed_token=torch.stack([batch.typed_tokens[0, 4 + j], batch.typed_tokens[1, j]]),
             gap=torch.stack([batch.gap[0, 4 + j], batch.gap[1, j]]),
+            video=torch.stack([batch.video[0, 4 + j], batch.video[1, j]]),
+            video_present=torch.stack([batch.video_present[0, 4 + j], batch.video_present[1, j]]),
             teacher=StepTeacher(
                 torch.stack([batch.text[0, 4 + j], batch.text[1, j]]),
                 torch.stack([batch.mel[0, 4 + j], batch.mel[1, j]]),
                 torch.stack([batch.speaking[0, 4 + j], batch.speaking[1, j]]),
+                torch.stack([batch.user_text[0, 4 + j], batch.user_text[1, j]]),
             ),
         )
         out = model.step(both, inputs)
-        torch.testing.assert_close(out.hidden[0], reference[4 + j].hidden[0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out.hidden[1], reference[j].hidden[1], atol=1e-5, rtol=1e-5)
+        for row, ref in ((0, reference[4 + j]), (1, reference[j])):
+            torch.testing.assert_close(out.hidden[row], ref.hidden[row], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.text_logits[row], ref.text_logits[row], atol=1e-5, rtol=1e-5)
     only_second = both.select([1])
     assert only_second.batch_size == 1 and only_second.turn.tolist() == [3]
 
@@ -294,6 +307,14 @@ def test_force_silence_override():
     assert out.speaking.tolist() == [False, True]
     assert (out.text[0] == 0).all()  # a silenced session says no words
     assert torch.all(out.mel[0] < audio.LOG_MEL_MIN)
+
+
+def test_previous_frame_is_the_last_one_present_before():
+    video = torch.arange(5).view(1, 5, 1)  # frame t holds t
+    present = torch.tensor([[False, True, False, False, True]])
+    assert previous_frames(video, present)[0, :, 0].tolist() == [0, 1, 1, 1, 1]
+    present = torch.tensor([[True, True, True, False, True]])
+    assert previous_frames(video, present)[0, :, 0].tolist() == [0, 0, 1, 2, 2]
 
 
 def test_configs_build_with_documented_sizes():

@@ -30,6 +30,9 @@ class ModelConfig:
     video_patch: int = 40  # pixels; the hMLP stem reads 4x4 -> 2x2 -> 1 sub-patches of a patch
     video_size: int = 160  # frames are resized by the caller to video_size x video_size RGB
     video_fps: float = 5.0  # how often the runtime passes a frame: one per micro-turn, as in training
+    # the video stem also reads each frame's change since the session's previous frame (a ball that stops,
+    # a spinner that starts: motion one frame cannot show)
+    video_motion: bool = False
     # outputs
     vocab_size: int = 4096  # BPE vocabulary, specials included
     text_slots: int = 3  # K: text tokens per micro-turn
@@ -107,6 +110,7 @@ CONFIGS: dict[str, ModelConfig] = {
         flow_steps=4,
         flow_temperature=0.0,  # eval rendering WER 0.68 at 0, 0.82 at 0.3 (stage 4, step 1,000)
         gate_start_threshold=0.6,  # valid FDB, stage 4: pause TOR 0.05 -> 0.00, turn-taking 0.95 -> 1.00
+        video_motion=True,
         heard_tokens=256,  # the user's last 256 words: a cue-word instruction stays readable for minutes
     ),
     # GPU sizes.

@@ -96,6 +96,22 @@ class TurnBatch:
         )
 
 
+def _unit_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Frames as floats in [0, 1] (training keeps them as bytes until the model: 4x less memory)."""
+    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
+
+
+def previous_frames(video: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Each micro-turn's previous frame: the last one present before it in the crop, or its own frame where
+    there is none (what the streaming state's last frame holds). video [B, T, ...], present [B, T]."""
+    b, t = present.shape
+    steps = torch.arange(t, device=present.device).expand(b, t)
+    last = torch.where(present, steps, -1).cummax(dim=1).values  # the last present frame at or before t
+    before = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+    index = torch.where(before >= 0, before, steps)
+    return video[torch.arange(b, device=present.device)[:, None], index]
+
+
 class InteractionModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -127,6 +143,8 @@ class InteractionModel(nn.Module):
         self.apply(self._init)
         # copying starts off, so a fine-tune that adds the copy pointer starts where the model was
         nn.init.zeros_(self.text_head.copy_bonus.weight)
+        if self.video.motion is not None:  # and so does seeing motion
+            nn.init.zeros_(self.video.motion.weight)
         if self.text_head.hears:  # and so does pointing at heard words (5% of the mass until it learns)
             nn.init.zeros_(self.text_head.heard_mix.weight)
             nn.init.constant_(self.text_head.heard_mix.bias, -3.0)
@@ -164,6 +182,7 @@ class InteractionModel(nn.Module):
         gap: torch.Tensor,
         video: torch.Tensor | None = None,
         video_present: torch.Tensor | None = None,
+        video_previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = (
             self.user_audio(user_dmel)
@@ -174,10 +193,9 @@ class InteractionModel(nn.Module):
         x = x + gap.unsqueeze(-1) * self.gap_marker
         if video is not None and video_present is not None and bool(video_present.any()):
             frames = torch.zeros_like(x)
-            present = video[video_present]
-            if present.dtype == torch.uint8:  # training keeps frames as bytes until here (4x less memory)
-                present = present.float() / 255.0
-            frames[video_present] = self.video(present)
+            present = _unit_frames(video[video_present])
+            previous = None if video_previous is None else _unit_frames(video_previous[video_present])
+            frames[video_present] = self.video(present, previous)
             x = x + frames
         return x
 
@@ -212,6 +230,9 @@ class InteractionModel(nn.Module):
     # ---- training path ----
     def forward(self, batch: TurnBatch) -> torch.Tensor:
         """Hidden states at the in tokens [B, T, d] for a teacher-forced batch."""
+        previous = None
+        if self.cfg.video_motion and batch.video is not None and batch.video_present is not None:
+            previous = previous_frames(batch.video, batch.video_present)
         x_in = self.embed_in(
             batch.user_dmel,
             batch.turn_index,
@@ -220,6 +241,7 @@ class InteractionModel(nn.Module):
             batch.gap,
             batch.video,
             batch.video_present,
+            previous,
         )
         x_out = self.embed_out(batch.text, batch.out_dmel, batch.speaking)
         b, t, d = x_in.shape
@@ -275,6 +297,11 @@ class InteractionModel(nn.Module):
             speech=[SpeechSchedule() for _ in range(batch_size)],
             copy=[CopyPointer() for _ in range(batch_size)],
             heard=[HeardWords() for _ in range(batch_size)],
+            # the last frame each session saw (video_motion; no pixels kept without it)
+            last_frame=torch.zeros(
+                batch_size, 3, *(2 * [cfg.video_size if cfg.video_motion else 0]), device=device
+            ),
+            has_frame=torch.zeros(batch_size, dtype=torch.bool, device=device),
         )
 
     def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -289,6 +316,17 @@ class InteractionModel(nn.Module):
             h = block.step(h, rope, slots, k, v, bias, last_only=i == last)
         state.slot_pos[rows, slots] = positions
         return self.norm(h[:, -1])
+
+    def _previous_frames(self, state: StreamState, inputs: StepInputs) -> torch.Tensor | None:
+        """With `video_motion`: each session's frame before this one (its own where it had none), and this
+        micro-turn's frames become the sessions' last ones."""
+        if not self.cfg.video_motion or inputs.video is None or inputs.video_present is None:
+            return None
+        frames, present = _unit_frames(inputs.video), inputs.video_present
+        previous = torch.where(state.has_frame[:, None, None, None], state.last_frame, frames)
+        state.last_frame[present] = frames[present]
+        state.has_frame |= present
+        return previous
 
     def _hear_user(self, state: StreamState, user_text: torch.Tensor) -> None:
         """Each session's words heard this micro-turn (transcript slots up to the first pad) join its memory,
@@ -358,6 +396,7 @@ class InteractionModel(nn.Module):
             torch.zeros(b, dtype=torch.bool) if inputs.gap is None else inputs.gap,
             inputs.video,
             inputs.video_present,
+            self._previous_frames(state, inputs),
         )
         # The previous micro-turn's out token (position 2t - 1) enters the trunk together with this in token
         # (2t): one pass over the weights and the KV rings for both. Nothing reads the out token's own

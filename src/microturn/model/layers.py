@@ -245,12 +245,16 @@ class VideoStem(nn.Module):
             nn.GELU(),
             nn.Conv2d(c2, d, 2, stride=2),
         )
+        # the change since the previous frame enters beside the frame itself (zero at initialisation, so
+        # a fine-tune that adds it starts where the model was)
+        self.motion = nn.Conv2d(3, c1, sub, stride=sub, bias=False) if cfg.video_motion else None
         grid = cfg.video_size // cfg.video_patch
         self.patch_pos = nn.Parameter(torch.zeros(d, grid, grid))
         self.proj = nn.Linear(d, d)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames [N, 3, S, S] float in [0, 1] (or uint8 0-255) -> [N, d_model].
+    def forward(self, frames: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """frames [N, 3, S, S] float in [0, 1] (or uint8 0-255) -> [N, d_model]; with `video_motion`, also
+        `previous` [N, 3, S, S] (the frame before each, or the frame itself where there was none).
 
         The same function as `self.stem` on frames * 2 - 1, computed channels-last with matmuls: each
         convolution has kernel == stride, so it is a linear map of non-overlapping blocks, and the input's
@@ -263,6 +267,11 @@ class VideoStem(nn.Module):
         x = _blocks(frames.permute(0, 2, 3, 1), conv1.kernel_size[0]).to(conv1.weight.dtype)
         w1 = conv1.weight.flatten(1)  # [c1, 3 k k] in (channel, row, column) order, as _blocks lays out
         x = F.linear(x, w1 * scale, conv1.bias - w1.sum(1))  # conv1(frames * 2 - 1)
+        if self.motion is not None:
+            if previous is None:
+                raise ValueError("VideoStem: video_motion needs the previous frames")
+            change = (frames.to(conv1.weight.dtype) - previous.to(conv1.weight.dtype)).permute(0, 2, 3, 1)
+            x = x + F.linear(_blocks(change, conv1.kernel_size[0]), self.motion.weight.flatten(1) * scale)
         for norm, conv in ((norm1, conv2), (norm2, conv3)):
             x = F.gelu(_channels_last_group_norm(x, norm))
             x = F.linear(_blocks(x, 2), conv.weight.flatten(1), conv.bias)

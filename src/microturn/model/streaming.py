@@ -28,6 +28,10 @@ class StreamState:
     speech: list[SpeechSchedule]  # per session: the phones still to be said (mel head condition)
     copy: list[CopyPointer]  # per session: the background tokens not yet said (text head copy candidates)
     heard: list[HeardWords]  # per session: the user's last words and their keys (cfg.heard_tokens > 0)
+    last_frame: (
+        torch.Tensor
+    )  # [B, 3, S, S] float in [0, 1]: the last video frame (cfg.video_motion; S = 0 without)
+    has_frame: torch.Tensor  # [B] bool: a frame has been seen
 
     @property
     def batch_size(self) -> int:
@@ -46,6 +50,8 @@ class StreamState:
             speech=[self.speech[i].copy() for i in index.tolist()],
             copy=[self.copy[i].copy() for i in index.tolist()],
             heard=[self.heard[i].copy() for i in index.tolist()],
+            last_frame=self.last_frame[index],
+            has_frame=self.has_frame[index],
         )
 
     @staticmethod
@@ -62,6 +68,8 @@ class StreamState:
             speech=[schedule.copy() for s in states for schedule in s.speech],
             copy=[pointer.copy() for s in states for pointer in s.copy],
             heard=[words.copy() for s in states for words in s.heard],
+            last_frame=torch.cat([s.last_frame for s in states]),
+            has_frame=torch.cat([s.has_frame for s in states]),
         )
 
 

@@ -117,6 +117,8 @@ class BatchState:
             m.speech[one],  # the same schedule and pointer objects: stepping the row updates them
             m.copy[one],
             m.heard[one],
+            m.last_frame[one],
+            m.has_frame[one],
         )
         voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
         resampler = ResamplerState(
