@@ -178,6 +178,27 @@ def test_same_seed_gives_identical_bytes_and_resumes(corpus_dir, tmp_path, tts_d
         synth_corpus(copy, MINUTES, SEED + 1, "train", cache_dir=tts_dir, progress=False)
 
 
+def test_renderer_fields_can_be_set_per_corpus(corpus_dir, tmp_path, tts_dir, capsys):
+    def wait_acts(folder: Path) -> int:
+        convs = load_corpus(folder)
+        return sum(u.speaker == "assistant" and u.kind == "filler" for c in convs for u in c.utterances)
+
+    out = tmp_path / "eager"
+    args = ["data", "synth", "--out", str(out), "--minutes", str(MINUTES), "--seed", str(SEED)]
+    args += ["--cache", str(tts_dir), "--synth", "wait_act_p=1.0", "--synth", "wait_act_after_s=0.05"]
+    assert main(args) == 0
+    assert json.loads((out / "corpus.json").read_text())["synth"] == {
+        "wait_act_p": 1.0,
+        "wait_act_after_s": 0.05,
+    }
+    assert wait_acts(out) > 2 * max(1, wait_acts(corpus_dir))  # fills every wait longer than 50 ms
+    with pytest.raises(ValueError, match="synth"):  # the folder holds a corpus made otherwise
+        synth_corpus(out, MINUTES, SEED, "train", cache_dir=tts_dir, progress=False)
+    for bad, message in (("wait_act_p=often", "wait_act_p takes a float"), ("speed=2", "KEY=VALUE")):
+        assert main(["data", "synth", "--out", str(tmp_path / "x"), "--minutes", "1", "--synth", bad]) == 2
+        assert message in capsys.readouterr().err
+
+
 @pytest.fixture
 def one_conv(corpus_dir, tmp_path) -> Path:
     folder = tmp_path / "conv"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from microturn.data.corpus import (
     write_conversation,
     write_manifest,
 )
-from microturn.data.synth import PROACTIVE_SHAPES, SHAPES, ConversationSpec, is_own_act, render
+from microturn.data.synth import PROACTIVE_SHAPES, SHAPES, ConversationSpec, SynthConfig, is_own_act, render
 from microturn.data.tts import TtsCache
 from microturn.files import atomic_write_text
 
@@ -153,19 +154,24 @@ def plan(split: str, minutes: float, seed: int, shape: str = "conversation") -> 
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(cache_dir: str, seed: int, split: str, timing_seed: int | None) -> None:
+def _init_worker(
+    cache_dir: str, seed: int, split: str, timing_seed: int | None, overrides: dict[str, Any] | None
+) -> None:
     import torch
 
     torch.set_num_threads(1)
     chats = {c.key: c for c in load_chats(split)}
-    _worker.update(cache=TtsCache(cache_dir), seed=seed, timing_seed=timing_seed, chats=chats)
+    _worker.update(
+        cache=TtsCache(cache_dir), seed=seed, timing_seed=timing_seed, chats=chats, overrides=overrides or {}
+    )
 
 
 def _render_one(job: tuple[ConversationSpec, str]) -> tuple[dict[str, Any], dict[str, Any]]:
     spec, out = job
     cache: TtsCache = _worker["cache"]
     before = {k: dict(v) for k, v in cache.stats.items()}
-    conv = render(spec, _worker["chats"], cache, _worker["seed"], timing_seed=_worker["timing_seed"])
+    config = replace(SynthConfig.for_shape(spec.shape), **_worker["overrides"])
+    conv = render(spec, _worker["chats"], cache, _worker["seed"], config, _worker["timing_seed"])
     write_conversation(Path(out) / spec.id, conv)
     delta = {k: {m: v[m] - before.get(k, {}).get(m, 0) for m in v} for k, v in cache.stats.items()}
     return conv.manifest_entry(Path(out)), delta
@@ -195,8 +201,8 @@ def _check_corpus_config(out: Path, config: dict[str, Any]) -> None:
             raise ValueError(f"{path}: not valid JSON ({exc})") from exc
         clash = {
             k: existing.get(k)
-            for k in ("seed", "timing_seed", "split", "shape")
-            if existing.get(k) != config[k]
+            for k in ("seed", "timing_seed", "split", "shape", "synth")
+            if existing.get(k) != config.get(k)
         }
         if clash:
             raise ValueError(f"{path}: {out} holds a corpus made with {clash}; choose another --out")
@@ -214,8 +220,10 @@ def synth_corpus(
     workers: int = 1,
     progress: bool = True,
     timing_seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Render (or finish rendering) a corpus; returns a summary with speeds."""
+    """Render (or finish rendering) a corpus; returns a summary with speeds. `overrides` replace fields of
+    each shape's `SynthConfig` (recorded in the corpus's config file)."""
     out = Path(out)
     cache_dir = Path(cache_dir) if cache_dir else TtsCache().root
     specs = plan(split, minutes, seed, shape)
@@ -230,6 +238,7 @@ def synth_corpus(
             "shape": shape,
             "minutes": minutes,
             "cache": str(cache_dir),
+            **({"synth": overrides} if overrides else {}),
         },
     )
     entries: dict[str, dict[str, Any]] = {}
@@ -244,12 +253,12 @@ def synth_corpus(
     )
     if workers > 1:
         pool = multiprocessing.get_context("spawn").Pool(
-            workers, _init_worker, (str(cache_dir), seed, split, timing_seed)
+            workers, _init_worker, (str(cache_dir), seed, split, timing_seed, overrides)
         )
         results = pool.imap_unordered(_render_one, todo)
     else:
         pool = None
-        _init_worker(str(cache_dir), seed, split, timing_seed)
+        _init_worker(str(cache_dir), seed, split, timing_seed, overrides)
         results = map(_render_one, todo)
     try:
         for entry, delta in results:

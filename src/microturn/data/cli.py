@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
 from microturn.data.chitchat import SPLITS
 from microturn.data.synth import SHAPES
+
+
+def synth_overrides(pairs: list[str]) -> dict[str, float | int]:
+    """`--synth KEY=VALUE` pairs -> `SynthConfig` field values (numbers, typed as the field's default)."""
+    from microturn.data.synth import SynthConfig
+
+    defaults = {f.name: getattr(SynthConfig(), f.name) for f in fields(SynthConfig)}
+    out: dict[str, float | int] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"--synth {pair!r}: expected KEY=VALUE with KEY one of {', '.join(defaults)}")
+        try:
+            out[key] = type(defaults[key])(value)
+        except ValueError as exc:
+            raise ValueError(f"--synth {pair!r}: {key} takes a {type(defaults[key]).__name__}") from exc
+    return out
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -23,6 +41,7 @@ def _synth(args: argparse.Namespace) -> int:
         args.cache,
         args.workers,
         timing_seed=args.timing_seed,
+        overrides=synth_overrides(args.synth),
     )
     print(json.dumps(summary))
     return 0
@@ -75,6 +94,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--cache", default=None, help="TTS unit cache folder (default: cache/tts in the repo)")
     synth.add_argument("--workers", type=int, default=1)
+    synth.add_argument(
+        "--synth",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a renderer field for every shape (data/synth.py SynthConfig, e.g. wait_act_after_s=0.25)",
+    )
     synth.set_defaults(func=_synth)
 
     stats = sub.add_parser("stats", help="one JSON object describing a corpus")

@@ -80,7 +80,8 @@ class SynthConfig:
     min_snr_db: float = 5.0
     max_snr_db: float = 35.0
     early_background_p: float = 0.12  # background text arrives before the user finished
-    wait_act_p: float = 0.6  # the assistant fills a wait for its content (> 0.6 s) with an own act
+    wait_act_p: float = 0.6  # the assistant fills a wait for its content with an own act ...
+    wait_act_after_s: float = 0.6  # ... when the content would start this much after its turn could
 
     @staticmethod
     def for_shape(shape: str) -> SynthConfig:
@@ -451,7 +452,7 @@ def render(
             else:
                 arrival = user_end + samples(np.clip(rng.lognormal(np.log(0.6), 0.5), 0.2, 2.0))
             content_start = max(start, arrival + react)
-            if content_start - start > samples(0.6) and rng.random() < cfg.wait_act_p:
+            if content_start - start > samples(cfg.wait_act_after_s) and rng.random() < cfg.wait_act_p:
                 act = r.phrase(
                     "assistant",
                     "filler",
