@@ -66,7 +66,7 @@ class SlotTextDecoder(nn.Module):
         logits = x @ self.text_embedding.weight.T
         bonus = self.copy_bonus(x) * (candidates >= 0)[..., None]
         logits = logits.scatter_add(-1, candidates.clamp(min=0)[..., None], bonus)
-        return logits if heard is None or not self.hears else self._point_at_heard(x, logits, heard)
+        return logits if heard is None else self._point_at_heard(x, logits, heard)
 
     def logits(
         self,

@@ -14,6 +14,7 @@ out tokens) and `new_state`/`step` one micro-turn at a time for a batch of sessi
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -328,6 +329,12 @@ class InteractionModel(nn.Module):
         state.has_frame |= present
         return previous
 
+    def _heard(self, state: StreamState, rows: Iterable[int]) -> HeardMemory | None:
+        """The heard-words memories of these sessions, batched for the text head (None: it does not hear)."""
+        if not self.text_head.hears:
+            return None
+        return heard_batch([state.heard[r] for r in rows], self.cfg.d_model, state.turn.device)
+
     def _hear_user(self, state: StreamState, user_text: torch.Tensor) -> None:
         """Each session's words heard this micro-turn (transcript slots up to the first pad) join its memory,
         keyed with the words before them: one key projection for all sessions."""
@@ -423,8 +430,7 @@ class InteractionModel(nn.Module):
             prev = torch.cat([torch.full_like(text[:, :1], BOS), text[:, :-1]], dim=1)
             pairs = zip(state.copy, text.tolist(), strict=True)
             candidates = torch.tensor([p.slot_candidates(row, cfg.text_slots, PAD) for p, row in pairs])
-            heard = heard_batch(state.heard, cfg.d_model, hidden.device)
-            text_logits = self.text_head.logits(hidden, prev, candidates, heard)
+            text_logits = self.text_head.logits(hidden, prev, candidates, self._heard(state, range(b)))
         else:
             text_logits = None
             speaking = wants
@@ -437,7 +443,7 @@ class InteractionModel(nn.Module):
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
-                heard = heard_batch([state.heard[r] for r in rows.tolist()], cfg.d_model, hidden.device)
+                heard = self._heard(state, rows.tolist())
                 text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, ~talking[rows], heard)
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
