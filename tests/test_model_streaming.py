@@ -9,7 +9,7 @@ import torch
 
 from microturn import audio
 from microturn.model.config import get_config
-from microturn.model.copying import CopyPointer, heard_in_slots
+from microturn.model.copying import CopyPointer, HeardWords, heard_batch, heard_in_slots
 from microturn.model.interaction import InteractionModel, TurnBatch, emitted_log_mel, previous_frames
 from microturn.model.speech import N_PHONE_IDS, WIDTH
 from microturn.model.streaming import StepInputs, StepTeacher, StreamState
@@ -324,3 +324,20 @@ def test_configs_build_with_documented_sizes():
     assert replace(get_config("tiny"), window=4).window == 4
     with pytest.raises(ValueError, match="unknown model config"):
         get_config("huge")
+
+
+def test_a_word_started_by_copying_a_heard_piece_is_finished_as_heard():
+    model = make_model(heard_tokens=8)
+    head = model.text_head
+    with torch.no_grad():
+        head.heard_mix.bias.fill_(30.0)  # all the mass on heard words: A and B tie at every slot
+    a, b = 40, 41  # "A" starts a word, "B" goes on with it
+    word_start = torch.ones(model.cfg.vocab_size, dtype=torch.bool)
+    word_start[b] = False
+    words = HeardWords()
+    words.hear([a, b], torch.zeros(2, model.cfg.d_model), limit=8)
+    hidden = torch.randn(1, model.cfg.d_model)
+    for start_mask, expected in ((word_start, [a, b]), (None, [a, a])):
+        memory = heard_batch([words], model.cfg.d_model, hidden.device, start_mask)
+        tokens = head.greedy(hidden, 2, 0, [CopyPointer()], None, memory)
+        assert tokens[0, :2].tolist() == expected  # a tie goes to the lower id: without the rule, A again

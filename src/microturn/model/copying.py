@@ -74,6 +74,9 @@ class HeardMemory:
     tokens: torch.Tensor
     keys: torch.Tensor
     visible: torch.Tensor
+    # streaming: [N, M] the heard token after each one when it goes on the same word (-1: a new word or
+    # nothing), so a word the decoder starts copying is finished as heard
+    follows: torch.Tensor | None = None
 
 
 def heard_in_slots(slots: list[int]) -> list[int]:
@@ -123,8 +126,11 @@ class HeardWords:
         self.keys = (keys if self.keys is None else torch.cat([self.keys, keys]))[-limit:]
 
 
-def heard_batch(sessions: list[HeardWords], d: int, device: torch.device) -> HeardMemory:
-    """Streaming sessions' memories padded to one batch (one query slot each)."""
+def heard_batch(
+    sessions: list[HeardWords], d: int, device: torch.device, word_start: torch.Tensor | None = None
+) -> HeardMemory:
+    """Streaming sessions' memories padded to one batch (one query slot each); with `word_start` [V] bool
+    (which tokens begin a word), also what follows each heard token within its word."""
     m = max([1] + [len(s.tokens) for s in sessions])
     tokens = torch.full((len(sessions), m), -1, dtype=torch.long, device=device)
     keys = torch.zeros(len(sessions), m, d, device=device)
@@ -132,4 +138,8 @@ def heard_batch(sessions: list[HeardWords], d: int, device: torch.device) -> Hea
         if s.tokens:
             tokens[i, : len(s.tokens)] = torch.tensor(s.tokens, device=device)
             keys[i, : len(s.tokens)] = s.keys
-    return HeardMemory(tokens, keys, (tokens >= 0)[:, None, :])
+    follows = None
+    if word_start is not None:
+        after = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)
+        follows = after.masked_fill((after < 0) | word_start[after.clamp(min=0)], -1)
+    return HeardMemory(tokens, keys, (tokens >= 0)[:, None, :], follows)

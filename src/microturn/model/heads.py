@@ -40,8 +40,11 @@ class SlotTextDecoder(nn.Module):
         e = self.text_embedding(contexts.clamp(min=0)) * (contexts >= 0)[..., None]
         return self.heard_key(e.flatten(-2))
 
-    def _point_at_heard(self, x: torch.Tensor, logits: torch.Tensor, heard: HeardMemory) -> torch.Tensor:
-        """x [L, ..., S, d] slot states, logits [L, ..., S, V]; heard rows L -> mixture log-probabilities."""
+    def _point_at_heard(
+        self, x: torch.Tensor, logits: torch.Tensor, heard: HeardMemory
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [L, ..., S, d] slot states, logits [L, ..., S, V]; heard rows L -> (mixture log-probabilities,
+        the attention over the heard words [L, ..., S, M])."""
         lead, d = x.shape[:-1], x.shape[-1]
         q = self.heard_query(x).reshape(lead[0], -1, d)
         scores = (q @ heard.keys.transpose(1, 2)).reshape(*lead, -1) / math.sqrt(d)
@@ -50,7 +53,7 @@ class SlotTextDecoder(nn.Module):
         share = torch.sigmoid(self.heard_mix(x)) * heard.visible.any(-1, keepdim=True)
         tokens = heard.tokens.clamp(min=0).reshape(lead[0], *[1] * (len(lead) - 1), -1).expand_as(attention)
         probs = (logits.softmax(-1) * (1 - share)).scatter_add(-1, tokens, attention * share)
-        return (probs + 1e-9).log()
+        return (probs + 1e-9).log(), attention
 
     def _slot_logits(
         self,
@@ -59,14 +62,15 @@ class SlotTextDecoder(nn.Module):
         first_slot: int,
         candidates: torch.Tensor,
         heard: HeardMemory | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scores [..., S, V], the attention over the heard words [..., S, M] or None)."""
         s = prev_tokens.shape[-1]
         x = base[..., None, :] + self.text_embedding(prev_tokens) + self.slot_pos[first_slot : first_slot + s]
         x = self.norm2(x + self.mlp(self.norm1(x)))
         logits = x @ self.text_embedding.weight.T
         bonus = self.copy_bonus(x) * (candidates >= 0)[..., None]
         logits = logits.scatter_add(-1, candidates.clamp(min=0)[..., None], bonus)
-        return logits if heard is None else self._point_at_heard(x, logits, heard)
+        return (logits, None) if heard is None else self._point_at_heard(x, logits, heard)
 
     def logits(
         self,
@@ -77,7 +81,7 @@ class SlotTextDecoder(nn.Module):
     ) -> torch.Tensor:
         """Teacher forcing: hidden [L, ..., d], prev_tokens [L, ..., K] (BOS, then slots 0..K-2), copy
         candidates [L, ..., K] (-1 none), heard words per leading row -> [L, ..., K, V]."""
-        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0, candidates, heard)
+        return self._slot_logits(self.from_hidden(hidden), prev_tokens, 0, candidates, heard)[0]
 
     def greedy(
         self,
@@ -93,17 +97,31 @@ class SlotTextDecoder(nn.Module):
         projection, and none once every row ended. Rows where `starts` [B] bool (the session starts
         speaking) take their first token from the words alone: in the corpus every window that begins an
         utterance begins a word, but the head, trained on every micro-turn, spreads the onset's timing over
-        neighbouring windows, and a greedy pad there would voice a word-less mumble."""
+        neighbouring windows, and a greedy pad there would voice a word-less mumble. A word started by
+        copying a heard token (the token the pointer attends to most) is finished as heard within the
+        micro-turn: the head, trained with the true next piece, otherwise drifts to another word's."""
         base = self.from_hidden(hidden)
         token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
         tokens = torch.full((hidden.shape[0], self.slots), pad, dtype=torch.long, device=hidden.device)
         ended = torch.zeros_like(token, dtype=torch.bool)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        follows = None if heard is None else heard.follows
+        copied_at = torch.full_like(token, -1)  # the heard position of the piece just copied, -1 none
         for i in range(self.slots):
             candidates = torch.tensor([p.candidate() for p in pointers], device=hidden.device)
-            logits = self._slot_logits(base, token[:, None], i, candidates[:, None], heard)[:, 0]
+            logits, attention = self._slot_logits(base, token[:, None], i, candidates[:, None], heard)
+            logits = logits[:, 0]
             if i == 0 and starts is not None:
                 logits[:, pad] = logits[:, pad].masked_fill(starts, float("-inf"))
-            token = logits.argmax(-1).masked_fill(ended, pad)
+            token = logits.argmax(-1)
+            if follows is not None and attention is not None:
+                rest = torch.where(copied_at >= 0, follows[rows, copied_at.clamp(min=0)], -1)
+                token = torch.where(rest >= 0, rest, token)
+                at = attention[:, 0].argmax(-1)
+                copied_at = torch.where(
+                    rest >= 0, copied_at + 1, torch.where(heard.tokens[rows, at] == token, at, -1)
+                )
+            token = token.masked_fill(ended, pad)
             tokens[:, i] = token
             ended |= token == pad
             for pointer, said, done in zip(pointers, token.tolist(), ended.tolist(), strict=True):

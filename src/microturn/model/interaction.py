@@ -333,7 +333,8 @@ class InteractionModel(nn.Module):
         """The heard-words memories of these sessions, batched for the text head (None: it does not hear)."""
         if not self.text_head.hears:
             return None
-        return heard_batch([state.heard[r] for r in rows], self.cfg.d_model, state.turn.device)
+        word_start = None if self.token_phones is None else self.token_phones.word_start_mask
+        return heard_batch([state.heard[r] for r in rows], self.cfg.d_model, state.turn.device, word_start)
 
     def _hear_user(self, state: StreamState, user_text: torch.Tensor) -> None:
         """Each session's words heard this micro-turn (transcript slots up to the first pad) join its memory,

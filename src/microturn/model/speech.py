@@ -17,7 +17,7 @@ first version conditioned on letters learned English spelling too slowly on this
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 
@@ -63,6 +63,11 @@ class TokenPhones:
         return cls(
             tuple(spoken_phones(p) for p in pieces), tuple(tokenizer.is_word_start(i) for i in range(n))
         )
+
+    @cached_property
+    def word_start_mask(self) -> torch.Tensor:
+        """`word_start` as a [V] bool tensor."""
+        return torch.tensor(self.word_start, dtype=torch.bool)
 
     def word(self, ids: tuple[int, ...] | list[int]) -> tuple[int, ...]:
         return tuple(c for i in ids for c in self.phones[int(i)])
