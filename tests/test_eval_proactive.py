@@ -16,7 +16,7 @@ from microturn.data import video
 from microturn.data.build import synth_corpus
 from microturn.data.corpus import Event
 from microturn.data.proactive import PLANNED_EPISODE_S
-from microturn.eval.proactive import TimedWord, WithVideo, aggregate, numbers, score_episode, tokens
+from microturn.eval.proactive import EpisodeFeed, TimedWord, aggregate, numbers, score_episode, tokens
 from microturn.model.checkpoint import save_checkpoint
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel
@@ -103,9 +103,13 @@ def test_metrics_score_hand_built_words_exactly():
 class _FakeSession:
     def __init__(self):
         self.frames = []
+        self.heard = []
 
     def push_video(self, frame):
         self.frames.append(frame)
+
+    def push_heard(self, text):
+        self.heard.append((len(self.frames), text))
 
 
 class _FakeSystem:
@@ -124,10 +128,12 @@ def test_each_micro_turn_gets_its_frame_before_its_audio():
     bg = video.random_background(rng)
     spec = video.scene(rng, bg, [video.random_light(rng, 1.0)])
     fake = _FakeSystem()
-    run_stream(WithVideo(fake, spec), np.zeros(16_000, np.float32), [])
+    heard = [(0.15, "say"), (0.19, "bingo"), (0.61, "now")]  # (word end s, word): the oracle transcriber
+    run_stream(EpisodeFeed(fake, spec, heard), np.zeros(16_000, np.float32), [])
     assert len(fake.session.frames) == 5  # 1 s = 5 micro-turns
     for t, frame in enumerate(fake.session.frames):
         assert np.array_equal(frame, video.render_frame(spec, video.frame_time(t)))
+    assert fake.session.heard == [(1, "say bingo"), (4, "now")]  # in the micro-turn each word ends
 
 
 def test_cli_runs_on_a_tiny_episode(tmp_path, request):

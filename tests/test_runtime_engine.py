@@ -328,3 +328,24 @@ def test_demo_runs_the_example_conversation(checkpoint: Path, tmp_path: Path, ca
     )
     assert rate == source_rate == 16000 and len(samples) == len(source)
     assert (out / "timeline.png").exists() and json.loads((out / "timeline.json").read_text())["steps"]
+
+
+def test_a_transcriber_feeds_the_heard_words_memory(models) -> None:
+    torch.manual_seed(1)
+    hearing = InteractionModel(get_config("tiny", heard_tokens=8)).eval()
+    engine = Engine(EngineConfig(), hearing, models.tokenizer, models.vocoder)
+    fed, own = engine.open_session(), engine.open_session()
+    x = noise(CHUNK * 4, 2)
+    words = models.tokenizer.encode("what should i wear")
+    for t in range(4):
+        for session in (fed, own):
+            session.push_audio(x[t * CHUNK : (t + 1) * CHUNK], 16000)
+        if t == 1:
+            fed.push_heard("what should i wear")
+        engine.step_once()
+        memory = engine.state.model.heard
+        if t >= 1:  # from then on the fed session hears only what the transcriber gives it
+            assert memory[0].external and memory[0].tokens[-len(words) :] == words
+    assert not memory[1].external and len(memory[1].tokens) > 0  # the other hears through its head
+    engine.close_session(fed)
+    engine.close_session(own)

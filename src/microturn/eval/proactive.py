@@ -299,12 +299,21 @@ def generate_heldout(
     return root
 
 
-class WithVideo:
-    """A DuplexSystem fed the episode's video: before each micro-turn's audio, that micro-turn's frame goes
-    to the model's session (a system without a session, the harness, sees no video)."""
+class EpisodeFeed:
+    """A DuplexSystem fed the episode's side inputs: before each micro-turn's audio, that micro-turn's video
+    frame and, with `heard` (the oracle transcriber: the episode's true user words, each pushed in the
+    micro-turn its word ends), the heard words go to the model's session (a system without a session,
+    the harness, gets neither)."""
 
-    def __init__(self, system: DuplexSystem, spec: dict | None, turn_s: float = 0.2):
+    def __init__(
+        self,
+        system: DuplexSystem,
+        spec: dict | None,
+        heard: list[tuple[float, str]] | None = None,
+        turn_s: float = 0.2,
+    ):
         self.system, self.spec, self.turn_s = system, spec, turn_s
+        self.heard = sorted(heard or [])
         self.turn = 0
 
     def reset(self, background: list[BackgroundText]) -> None:
@@ -313,8 +322,13 @@ class WithVideo:
 
     def step(self, chunk: np.ndarray) -> StepResult:
         session = getattr(self.system, "session", None)
-        if self.spec is not None and session is not None:
-            session.push_video(scenes.render_frame(self.spec, scenes.frame_time(self.turn, self.turn_s)))
+        if session is not None:
+            if self.spec is not None:
+                session.push_video(scenes.render_frame(self.spec, scenes.frame_time(self.turn, self.turn_s)))
+            now = (self.turn + 1) * self.turn_s
+            words = [text for end, text in self.heard if self.turn * self.turn_s <= end < now]
+            if words:
+                session.push_heard(" ".join(words))
         self.turn += 1
         return self.system.step(chunk)
 
@@ -335,8 +349,11 @@ def run_proactive(
     out_dir: str | Path,
     system_name: str,
     transcribe_output: Callable[[np.ndarray], dict] | None = None,
+    oracle_heard: bool = False,
 ) -> ProactiveRun:
-    """Stream every episode through a fresh system, transcribe its output, score speech and text."""
+    """Stream every episode through a fresh system, transcribe its output, score speech and text.
+    `oracle_heard`: the model's heard-words memory gets the episode's true user words (a ceiling for a
+    transcriber feeding it), not its transcript head's."""
     from tqdm import tqdm
 
     from microturn.audio import write_wav
@@ -350,7 +367,8 @@ def run_proactive(
         conv = load_conversation(folder)
         shape = conv.id.split("-", 1)[0]
         spec = conv.video["spec"] if conv.video else None
-        system = WithVideo(system_factory(), spec)
+        heard = [(w.end, w.text) for w in conv.words if w.speaker == "user"] if oracle_heard else None
+        system = EpisodeFeed(system_factory(), spec, heard)
         run = run_stream(system, conv.user, [])
         transcript = transcribe_output(run.output)
         episode_out = run_dir / conv.id
@@ -502,7 +520,7 @@ def cmd_proactive(args: argparse.Namespace) -> int:
     factories = _factories(args)
     runs = []
     for name in systems:
-        run = run_proactive(folders, factories[name](), args.out, name)
+        run = run_proactive(folders, factories[name](), args.out, name, oracle_heard=args.heard == "oracle")
         runs.append(run)
         print(f"{name}: " + json.dumps(run.metrics))
     report = write_report(args.out, runs)
@@ -528,4 +546,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-seed", type=int, default=DEFAULT_DATA_SEED, help="seed of the generated set")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the generated set is kept")
     p.add_argument("--seed", type=int, default=0, help="the model session's seed")
+    p.add_argument(
+        "--heard",
+        choices=("head", "oracle"),
+        default="head",
+        help="what fills the model's heard-words memory: its transcript head, or the episode's true words",
+    )
     p.set_defaults(func=cmd_proactive)

@@ -117,9 +117,10 @@ class HeardWords:
 
     tokens: list[int] = field(default_factory=list)
     keys: torch.Tensor | None = None  # [len(tokens), d]
+    external: bool = False  # a transcriber feeds the words (`StepInputs.heard`), not the transcript head
 
     def copy(self) -> HeardWords:
-        return HeardWords(list(self.tokens), self.keys)  # keys are replaced, never written in place
+        return HeardWords(list(self.tokens), self.keys, self.external)  # keys are replaced, never written
 
     def hear(self, tokens: list[int], keys: torch.Tensor, limit: int) -> None:
         self.tokens = (self.tokens + list(tokens))[-limit:]

@@ -336,12 +336,18 @@ class InteractionModel(nn.Module):
         word_start = None if self.token_phones is None else self.token_phones.word_start_mask
         return heard_batch([state.heard[r] for r in rows], self.cfg.d_model, state.turn.device, word_start)
 
-    def _hear_user(self, state: StreamState, user_text: torch.Tensor) -> None:
-        """Each session's words heard this micro-turn (transcript slots up to the first pad) join its memory,
-        keyed with the words before them: one key projection for all sessions."""
+    def _hear_user(
+        self, state: StreamState, user_text: torch.Tensor, external: list[list[int] | None] | None
+    ) -> None:
+        """Each session's words heard this micro-turn join its memory, keyed with the words before them (one
+        key projection for all sessions): a transcriber's (`external`) where it has one, else the transcript
+        head's slots up to the first pad."""
         heard, contexts = [], []
-        for words, slots in zip(state.heard, user_text.tolist(), strict=True):
-            new = heard_in_slots(slots)
+        external = external if external is not None else [None] * state.batch_size
+        for words, slots, given in zip(state.heard, user_text.tolist(), external, strict=True):
+            if given is not None:
+                words.external = True
+            new = list(given or []) if words.external else heard_in_slots(slots)
             heard.append(new)
             contexts += heard_contexts(new, words.tokens)
         if not contexts:
@@ -418,7 +424,7 @@ class InteractionModel(nn.Module):
             if inputs.teacher is not None and inputs.teacher.user_text is not None:
                 user_text = inputs.teacher.user_text
             if self.text_head.hears:
-                self._hear_user(state, user_text)
+                self._hear_user(state, user_text, inputs.heard)
 
         gate_logit = self.gate(hidden)[:, 0]
         prob = torch.sigmoid(gate_logit)

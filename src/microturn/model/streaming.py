@@ -97,6 +97,10 @@ class StepInputs:
     video_present: torch.Tensor | None = None  # [B] bool
     speaking_override: torch.Tensor | None = None  # [B] long: -1 model decides, 0 force silence, 1 speak
     teacher: StepTeacher | None = None
+    # per session, the user's words a transcriber (say Whisper, off the real-time path) heard since the last
+    # micro-turn, as token ids; None: none this time. A session fed so keeps its heard-words memory from
+    # these alone (no longer from the user-transcript head)
+    heard: list[list[int] | None] | None = None
 
 
 @dataclass

@@ -254,6 +254,7 @@ class Engine:
             video=video,
             video_present=present if video is not None else None,
             speaking_override=torch.tensor([i.speaking_override for i in inputs]),
+            heard=[i.heard for i in inputs] if any(i.heard is not None for i in inputs) else None,
         )
         out = self.model.step(state.model, step_inputs, flow_steps=self.config.flow_steps)
         quiet = state.quiet_turns.clone()  # silent micro-turns before this one

@@ -53,6 +53,7 @@ class TurnInputs:
     typed_token: int
     video: torch.Tensor | None  # [3, S, S] float in [0, 1]
     speaking_override: int  # -1 model decides, 0 force silence, 1 force speech
+    heard: list[int] | None = None  # the user's words a transcriber heard (token ids), None: none pushed
 
 
 class WordAssembler:
@@ -132,6 +133,7 @@ class Session:
         self.turn = 0  # micro-turns completed
         self.closed = False
         self._video: np.ndarray | None = None
+        self._heard: list[int] | None = None
         self._last_video_turn: int | None = None
         self.last_video: np.ndarray | None = None  # the latest frame pushed (kept after the model took it)
         self.video_frames = 0  # frames pushed
@@ -164,6 +166,13 @@ class Session:
             self._background_message = message
             ids = self.tokenizer.encode(text) if continues else self.tokenizer.encode_message(text)
             self.background.push(ids)
+
+    def push_heard(self, text: str) -> None:
+        """The user's words as a transcriber heard them (Whisper on a speech segment): they feed the model's
+        heard-words memory at the next micro-turn, and from then on only such words do."""
+        ids = self.tokenizer.encode(text)
+        with self._lock:
+            self._heard = (self._heard or []) + ids
 
     def push_video(self, frame_rgb_uint8: np.ndarray) -> None:
         """An RGB frame [H, W, 3] uint8; the latest one is passed at most every `video_interval_turns`."""
@@ -204,6 +213,10 @@ class Session:
         self.video_used += 1
         return resize_video(frame, self.video_size)[0]
 
+    def _take_heard(self) -> list[int] | None:
+        heard, self._heard = self._heard, None
+        return heard
+
     def take_inputs(self) -> TurnInputs:
         with self._lock:
             chunk = self.audio.next_chunk()
@@ -222,6 +235,7 @@ class Session:
                 typed_token=typed[0] if typed else NO_TOKEN,
                 video=self._video_tensor(),
                 speaking_override=override,
+                heard=self._take_heard(),
             )
 
     def finish_turn(
