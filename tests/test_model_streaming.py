@@ -337,7 +337,19 @@ def test_a_word_started_by_copying_a_heard_piece_is_finished_as_heard():
     words = HeardWords()
     words.hear([a, b], torch.zeros(2, model.cfg.d_model), limit=8)
     hidden = torch.randn(1, model.cfg.d_model)
-    for start_mask, expected in ((word_start, [a, b]), (None, [a, a])):
-        memory = heard_batch([words], model.cfg.d_model, hidden.device, start_mask)
-        tokens = head.greedy(hidden, 2, 0, [CopyPointer()], None, memory)
-        assert tokens[0, :2].tolist() == expected  # a tie goes to the lower id: without the rule, A again
+    # without the rule a tie goes to the lower id: A at every slot
+    tokens, rest_at = head.greedy(
+        hidden, 2, 0, [CopyPointer()], None, heard_batch([words], model.cfg.d_model, "cpu")
+    )
+    assert tokens[0].tolist() == [a, a, a] and rest_at is None
+    memory = heard_batch([words], model.cfg.d_model, hidden.device, word_start)
+    tokens, rest_at = head.greedy(hidden, 2, 0, [CopyPointer()], None, memory)
+    assert tokens[0].tolist() == [a, b, a] and rest_at.tolist() == [1]  # the last A's B is still to say
+    words.word_rest_at = 1
+    memory = heard_batch([words], model.cfg.d_model, hidden.device, word_start)
+    tokens, _ = head.greedy(hidden, 2, 0, [CopyPointer()], None, memory)
+    assert tokens[0, 0] == b  # said first in the next micro-turn
+    words.hear([a, a], torch.zeros(2, model.cfg.d_model), limit=3)  # B moves from position 1 to 0
+    assert words.word_rest_at == 0 and words.tokens[0] == b
+    words.hear([a], torch.zeros(1, model.cfg.d_model), limit=3)  # and out of memory
+    assert words.word_rest_at == -1

@@ -77,6 +77,8 @@ class HeardMemory:
     # streaming: [N, M] the heard token after each one when it goes on the same word (-1: a new word or
     # nothing), so a word the decoder starts copying is finished as heard
     follows: torch.Tensor | None = None
+    # streaming: [N] the heard position of the piece that finishes a word the last micro-turn began copying
+    word_rest_at: torch.Tensor | None = None
 
 
 def heard_in_slots(slots: list[int]) -> list[int]:
@@ -118,13 +120,16 @@ class HeardWords:
     tokens: list[int] = field(default_factory=list)
     keys: torch.Tensor | None = None  # [len(tokens), d]
     external: bool = False  # a transcriber feeds the words (`StepInputs.heard`), not the transcript head
+    word_rest_at: int = -1  # the position of a copied word's next piece, to say first in the next micro-turn
 
-    def copy(self) -> HeardWords:
-        return HeardWords(list(self.tokens), self.keys, self.external)  # keys are replaced, never written
+    def copy(self) -> HeardWords:  # keys are replaced, never written in place
+        return HeardWords(list(self.tokens), self.keys, self.external, self.word_rest_at)
 
     def hear(self, tokens: list[int], keys: torch.Tensor, limit: int) -> None:
+        dropped = max(0, len(self.tokens) + len(tokens) - limit)
         self.tokens = (self.tokens + list(tokens))[-limit:]
         self.keys = (keys if self.keys is None else torch.cat([self.keys, keys]))[-limit:]
+        self.word_rest_at = self.word_rest_at - dropped if self.word_rest_at >= dropped else -1
 
 
 def heard_batch(
@@ -143,4 +148,5 @@ def heard_batch(
     if word_start is not None:
         after = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -1)], dim=1)
         follows = after.masked_fill((after < 0) | word_start[after.clamp(min=0)], -1)
-    return HeardMemory(tokens, keys, (tokens >= 0)[:, None, :], follows)
+    rest_at = torch.tensor([s.word_rest_at for s in sessions], dtype=torch.long, device=device)
+    return HeardMemory(tokens, keys, (tokens >= 0)[:, None, :], follows, rest_at)

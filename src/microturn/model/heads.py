@@ -91,22 +91,26 @@ class SlotTextDecoder(nn.Module):
         pointers: list[CopyPointer],
         starts: torch.Tensor | None = None,
         heard: HeardMemory | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Streaming decode: tokens [B, K], pad after the first pad; each row's copy pointer follows what it
         says. Slots depend on each other only through the previous token, so each slot costs one vocabulary
         projection, and none once every row ended. Rows where `starts` [B] bool (the session starts
         speaking) take their first token from the words alone: in the corpus every window that begins an
         utterance begins a word, but the head, trained on every micro-turn, spreads the onset's timing over
         neighbouring windows, and a greedy pad there would voice a word-less mumble. A word started by
-        copying a heard token (the token the pointer attends to most) is finished as heard within the
-        micro-turn: the head, trained with the true next piece, otherwise drifts to another word's."""
+        copying a heard token (the token the pointer attends to most) is finished as heard, in the next
+        micro-turn if it must: the head, trained with the true next piece, otherwise drifts to another
+        word's. Returns (tokens, each row's heard position of the piece still to say, -1 none, or None
+        without heard words)."""
         base = self.from_hidden(hidden)
         token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
         tokens = torch.full((hidden.shape[0], self.slots), pad, dtype=torch.long, device=hidden.device)
         ended = torch.zeros_like(token, dtype=torch.bool)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         follows = None if heard is None else heard.follows
-        copied_at = torch.full_like(token, -1)  # the heard position of the piece just copied, -1 none
+        rest_at = torch.full_like(token, -1)  # the heard position of a copied word's next piece, -1 none
+        if heard is not None and heard.word_rest_at is not None:
+            rest_at = heard.word_rest_at.clone()
         for i in range(self.slots):
             candidates = torch.tensor([p.candidate() for p in pointers], device=hidden.device)
             logits, attention = self._slot_logits(base, token[:, None], i, candidates[:, None], heard)
@@ -115,12 +119,11 @@ class SlotTextDecoder(nn.Module):
                 logits[:, pad] = logits[:, pad].masked_fill(starts, float("-inf"))
             token = logits.argmax(-1)
             if follows is not None and attention is not None:
-                rest = torch.where(copied_at >= 0, follows[rows, copied_at.clamp(min=0)], -1)
-                token = torch.where(rest >= 0, rest, token)
-                at = attention[:, 0].argmax(-1)
-                copied_at = torch.where(
-                    rest >= 0, copied_at + 1, torch.where(heard.tokens[rows, at] == token, at, -1)
-                )
+                forced = rest_at >= 0
+                token = torch.where(forced, heard.tokens[rows, rest_at.clamp(min=0)], token)
+                at = torch.where(forced, rest_at, attention[:, 0].argmax(-1))
+                copied = forced | (heard.tokens[rows, at] == token)
+                rest_at = torch.where(copied & (follows[rows, at] >= 0), at + 1, -1)
             token = token.masked_fill(ended, pad)
             tokens[:, i] = token
             ended |= token == pad
@@ -129,7 +132,7 @@ class SlotTextDecoder(nn.Module):
                     pointer.said(said)
             if bool(ended.all()):
                 break
-        return tokens
+        return tokens, (None if follows is None else rest_at.masked_fill(ended, -1))
 
 
 def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -451,7 +451,14 @@ class InteractionModel(nn.Module):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
                 heard = self._heard(state, rows.tolist())
-                text[rows] = self.text_head.greedy(hidden[rows], BOS, PAD, pointers, ~talking[rows], heard)
+                text[rows], rest_at = self.text_head.greedy(
+                    hidden[rows], BOS, PAD, pointers, ~talking[rows], heard
+                )
+                if rest_at is not None:
+                    for r, at in zip(rows.tolist(), rest_at.tolist(), strict=True):
+                        state.heard[r].word_rest_at = at
+            for r in (~speaking).nonzero()[:, 0].tolist():  # a word left unfinished in silence stays so
+                state.heard[r].word_rest_at = -1
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
