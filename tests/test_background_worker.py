@@ -360,3 +360,20 @@ def test_copied_time_tags_and_repeated_sentences_are_not_delivered(engine, endpo
     endpoint.scripts.append([("chunk", text_chunk("[1.6-2.7 s] It is late. It is late. [3.0-4.0 s] NONE"))])
     worker = one_finished_task(engine, endpoint)
     assert [e.get("text") for e in worker.events if e["status"] == "progress"] == ["It is late."]
+
+
+def test_whisper_words_feed_the_models_heard_words_memory(engine, models) -> None:
+    from microturn.background.conversation import ConversationRecord, Segment
+
+    record = ConversationRecord(transcribe=lambda samples: {"text": " say hello there", "chunks": []})
+    session = engine.open_session()
+    worker = BackgroundWorker(session, OpenAIBackend(OpenAIConfig("http://127.0.0.1:9/v1")), record=record)
+    try:
+        for turn in range(5):
+            record.observe_input(turn, np.zeros(3200, np.float32))
+        record.transcribe_segment(Segment(0.0, 1.0))
+        record.wait(timeout=10)
+        assert session.take_inputs().heard == models.tokenizer.encode("say hello there")
+        assert session.take_inputs().heard is None  # taken once
+    finally:
+        worker.close()

@@ -53,8 +53,10 @@ class ConversationRecord:
         turn_s: float = 0.2,
         keep_s: float = 600.0,
         transcribe: Callable[[np.ndarray], dict] | None = None,
+        on_utterance: Callable[[Utterance], None] | None = None,
     ):
         self.turn_s = turn_s
+        self.on_utterance = on_utterance  # each transcribed user utterance, on the record's thread
         self._audio: deque[tuple[int, np.ndarray]] = deque(maxlen=int(keep_s / turn_s))  # (turn, chunk)
         self._user: list[Utterance] = []
         self._yields: list[float] = []  # session seconds at which the assistant yielded to the user
@@ -126,6 +128,8 @@ class ConversationRecord:
         utterance = Utterance("user", result["text"].strip(), round(start, 2), round(end, 2))
         with self._lock:
             self._user.append(utterance)
+        if self.on_utterance is not None:
+            self.on_utterance(utterance)
         return utterance
 
     def wait(self, timeout: float | None = None) -> None:

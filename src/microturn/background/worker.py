@@ -208,6 +208,9 @@ class BackgroundWorker:
         self.events: list[dict] = []  # every event so far (evaluation and tests read them)
         self._count = 0
         session.input_tap = self.record.observe_input
+        # Whisper's words are the model's heard-words memory too (model/copying.py): far more accurate than
+        # its transcript head, and seconds late only for words it needs later ("whenever I say X, say Y")
+        self.record.on_utterance = lambda utterance: session.push_heard(utterance.text)
 
     # ---- any thread ----
     def observe(self, output: MicroTurnOutput) -> None:
@@ -231,6 +234,7 @@ class BackgroundWorker:
             await asyncio.gather(*running, return_exceptions=True)
 
         self.session.input_tap = None
+        self.record.on_utterance = None
         if self.own_loop is not None:
             asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(5.0)
             self.own_loop.stop()
