@@ -139,7 +139,7 @@ def score_episode(
                 {"task": task["task_id"], "status": end["status"] if end else "unfinished", "text": ""}
             )
             continue
-        arrival = sentences[0]["time"] - t0
+        arrival = first_sentences[task["task_id"]]
         text = " ".join(s["text"] for s in sentences)
         said_after = [w for w in words if w["start"] >= arrival]
         answer_words = content_words(text)

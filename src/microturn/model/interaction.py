@@ -337,14 +337,16 @@ class InteractionModel(nn.Module):
         return heard_batch([state.heard[r] for r in rows], self.cfg.d_model, state.turn.device, word_start)
 
     def _hear_user(
-        self, state: StreamState, user_text: torch.Tensor, external: list[list[int] | None] | None
+        self, state: StreamState, user_text: torch.Tensor | None, external: list[list[int] | None] | None
     ) -> None:
         """Each session's words heard this micro-turn join its memory, keyed with the words before them (one
         key projection for all sessions): a transcriber's (`external`) where it has one, else the transcript
-        head's slots up to the first pad."""
+        head's slots up to the first pad (`user_text`: None only when every session has a transcriber)."""
         heard, contexts = [], []
-        external = external if external is not None else [None] * state.batch_size
-        for words, slots, given in zip(state.heard, user_text.tolist(), external, strict=True):
+        b = state.batch_size
+        external = external if external is not None else [None] * b
+        slot_rows = user_text.tolist() if user_text is not None else [None] * b
+        for words, slots, given in zip(state.heard, slot_rows, external, strict=True):
             if given is not None:
                 words.external = True
             new = list(given or []) if words.external else heard_in_slots(slots)
@@ -352,7 +354,7 @@ class InteractionModel(nn.Module):
             contexts += heard_contexts(new, words.tokens)
         if not contexts:
             return
-        keys = self.text_head.heard_keys(torch.tensor(contexts, device=user_text.device)).split(
+        keys = self.text_head.heard_keys(torch.tensor(contexts, device=state.turn.device)).split(
             [len(new) for new in heard]
         )
         for words, new, k in zip(state.heard, heard, keys, strict=True):
@@ -418,13 +420,13 @@ class InteractionModel(nn.Module):
         positions = torch.stack([2 * state.turn - 1, 2 * state.turn], dim=1)
         hidden = self._advance(state, torch.stack([state.out_token, x_in], dim=1), positions)
 
-        user_text = None
-        if transcribe_user or self.text_head.hears:
-            user_text = self.user_text_logits(hidden).argmax(-1)
-            if inputs.teacher is not None and inputs.teacher.user_text is not None:
-                user_text = inputs.teacher.user_text
-            if self.text_head.hears:
-                self._hear_user(state, user_text, inputs.heard)
+        # the transcript head runs when asked for, or when some session hears through it (not a transcriber,
+        # not the teacher's words)
+        told = inputs.teacher.user_text if inputs.teacher is not None else None
+        head_hears = self.text_head.hears and told is None and not all(w.external for w in state.heard)
+        user_text = self.user_text_logits(hidden).argmax(-1) if transcribe_user or head_hears else None
+        if self.text_head.hears:
+            self._hear_user(state, user_text if told is None else told, inputs.heard)
 
         gate_logit = self.gate(hidden)[:, 0]
         prob = torch.sigmoid(gate_logit)
@@ -447,6 +449,9 @@ class InteractionModel(nn.Module):
                 )
             # words are only said while speaking (a forced silence says nothing); silent rows skip the decoder
             text = torch.full((b, cfg.text_slots), PAD, dtype=torch.long)
+            word_rest_at = torch.full(
+                (b,), -1, dtype=torch.long
+            )  # a word left unfinished in silence stays so
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
@@ -455,10 +460,10 @@ class InteractionModel(nn.Module):
                     hidden[rows], BOS, PAD, pointers, ~talking[rows], heard
                 )
                 if rest_at is not None:
-                    for r, at in zip(rows.tolist(), rest_at.tolist(), strict=True):
-                        state.heard[r].word_rest_at = at
-            for r in (~speaking).nonzero()[:, 0].tolist():  # a word left unfinished in silence stays so
-                state.heard[r].word_rest_at = -1
+                    word_rest_at[rows] = rest_at.cpu()
+            if self.text_head.hears:
+                for words, at in zip(state.heard, word_rest_at.tolist(), strict=True):
+                    words.word_rest_at = at
 
         # what each speaking session says at each frame of the next window: its schedule plus these tokens
         for schedule, tokens, talking in zip(state.speech, text.tolist(), speaking.tolist(), strict=True):
