@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -234,3 +235,49 @@ def test_the_harness_answers_with_the_background_models_streamed_answer(endpoint
     assert "moby" in said and "whale" in said and "oracle" not in said
     assert harness.said[0]["start"] >= task["trigger_s"] + task["deliveries"][0]["latency_s"]
     assert (tmp_path / "out" / "harness" / "s1" / "output.wav").is_file()
+
+
+def test_whispers_words_reach_the_heard_memory_as_late_as_their_transcription(
+    models,  # noqa: F811
+    monkeypatch,
+) -> None:
+    """`eval proactive --heard whisper` (and every offline background): the segment the floor head perceived
+    is transcribed when it ends, and its words enter the session at the first step after the trigger plus
+    the measured transcription time, not before."""
+    from microturn.background.offline import SimulatedHearing
+    from microturn.runtime.stream_loop import run_stream
+
+    def slow_transcribe(samples: np.ndarray) -> dict:
+        time.sleep(0.5)
+        return fake_transcribe(samples)
+
+    class ScriptedHearing(SimulatedHearing):
+        def observe(self, output, now_s, transcript):
+            seen.append(now_s)
+            super().observe(
+                dataclasses.replace(output, user_speaking=output.index in USER_TURN), now_s, transcript
+            )
+
+    seen: list[float] = []
+    heard: list[tuple[int, str]] = []
+    original = Session.push_heard
+
+    def push_heard(self, text):
+        heard.append((self.turn, text))
+        return original(self, text)
+
+    monkeypatch.setattr(Session, "push_heard", push_heard)
+    hearing = ScriptedHearing(transcribe=slow_transcribe)
+    system = ModelSystem(
+        models.model, models.tokenizer, models.vocoder, EngineConfig(), background_model=hearing
+    )
+    try:
+        run_stream(system, np.zeros(5 * SAMPLE_RATE, np.float32))
+    finally:
+        hearing.close()
+    ((turn, text),) = heard
+    assert text == "what is the answer"
+    trigger_s = seen[12]  # the step of micro-turn 12 is the first whose output no longer hears the user
+    assert turn == arrival_turn(trigger_s + 0.5, 0.2) or turn == arrival_turn(trigger_s + 0.5, 0.2) + 1
+    assert (turn + 1) * 0.2 >= trigger_s + 0.5
+    assert system.background_log == []  # ears only: no task was run

@@ -23,6 +23,10 @@ trigger (live, words said during the transcription wait would join); timers set 
 `tasks` records each task: trigger time, status, the wait for the user's words (`context_s`), the
 backend's first piece (`first_piece_s`), each delivered sentence with its latency, the whole task's wall
 time, the error of a failed one, and the context package sent (`messages`, the system prompt aside).
+
+As live, Whisper's words also fill the model's heard-words memory (`take_heard`), each utterance as late
+as its transcription took. `SimulatedHearing` is that part alone, with no backend: what `eval proactive
+--heard whisper` runs.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 from microturn.background.backends import Backend, ToolCall
-from microturn.background.conversation import ConversationRecord, Segment
+from microturn.background.conversation import ConversationRecord, Segment, Utterance
 from microturn.background.tools import Timers, ToolRegistry, default_registry
 from microturn.background.worker import WorkerConfig, run_task, turn_end_trigger
 from microturn.model.queues import arrival_turn
@@ -57,7 +61,72 @@ class _TimedBackend:
             yield piece
 
 
-class SimulatedBackground:
+class SimulatedHearing:
+    """The background side's ears on the simulated clock, with no backend: the conversation record (its
+    Whisper transcribes each user speech segment the model perceived, when the segment ends) and the
+    heard-words feed (each utterance arrives as late as its transcription took, measured). One per system;
+    `reset()` before each session. `take` (background text) is always empty here."""
+
+    def __init__(self, transcribe: Callable[[np.ndarray], dict] | None = None, turn_s: float = 0.2):
+        self.transcribe = transcribe
+        self.turn_s = turn_s
+        self.record: ConversationRecord | None = None
+        self.reset()
+
+    def warm_up(self) -> None:
+        """Load Whisper now, so that no latency counts loading."""
+        if self.transcribe is None:
+            from microturn.eval.transcribe import whisper_model
+
+            whisper_model()
+
+    def reset(self) -> None:
+        """A new session: a new conversation record, nothing pending, an empty log."""
+        if self.record is not None:
+            self.record.close()
+        self.record = ConversationRecord(
+            turn_s=self.turn_s, transcribe=self.transcribe, on_utterance=self._heard
+        )
+        self.pending: list[BackgroundText] = []
+        self.heard: list[tuple[float, str]] = []  # (arrival on the simulated clock, text)
+        self.tasks: list[dict] = []
+        self._clock = (0.0, time.perf_counter())  # (simulated seconds, wall clock) of the last output seen
+
+    def close(self) -> None:
+        if self.record is not None:
+            self.record.close()
+
+    def _heard(self, utterance: Utterance) -> None:  # on the record's thread, when a transcription is done
+        now_s, seen = self._clock
+        self.heard.append((now_s + time.perf_counter() - seen, utterance.text))
+
+    # ---- fed by the system, on the simulated clock ----
+    def observe_input(self, turn: int, samples: np.ndarray) -> None:
+        """The 16 kHz chunk the system heard at micro-turn `turn` (the session's input tap)."""
+        self.record.observe_input(turn, samples)
+
+    def observe(self, output: MicroTurnOutput, now_s: float, transcript: list[dict]) -> None:
+        """One micro-turn's output, seen at `now_s` (when its step finished on the live clock); a user
+        segment's end is transcribed now, while the simulated clock stands still."""
+        self._clock = (now_s, time.perf_counter())
+        if self.record.observe_output(output) is not None:
+            self.record.wait()
+
+    def take(self, turn: int) -> list[BackgroundText]:
+        """The text that has arrived by the step of micro-turn `turn` (`model.queues.arrival_turn`)."""
+        due = [b for b in self.pending if arrival_turn(b.time, self.turn_s) <= turn]
+        if due:
+            self.pending = [b for b in self.pending if arrival_turn(b.time, self.turn_s) > turn]
+        return sorted(due, key=lambda b: b.time)
+
+    def take_heard(self, turn: int) -> list[str]:
+        """The user's transcribed words that have arrived by the step of micro-turn `turn`."""
+        due = sorted(h for h in self.heard if arrival_turn(h[0], self.turn_s) <= turn)
+        self.heard = [h for h in self.heard if arrival_turn(h[0], self.turn_s) > turn]
+        return [text for _, text in due]
+
+
+class SimulatedBackground(SimulatedHearing):
     """See the module docstring. One per system; `reset()` before each session."""
 
     def __init__(
@@ -72,10 +141,7 @@ class SimulatedBackground:
         self.config = config or WorkerConfig()
         self.timers = Timers()
         self.tools = tools if tools is not None else default_registry(timers=self.timers)
-        self.transcribe = transcribe
-        self.turn_s = turn_s
-        self.record: ConversationRecord | None = None
-        self.reset()
+        super().__init__(transcribe, turn_s)
 
     @property
     def name(self) -> str:
@@ -86,34 +152,21 @@ class SimulatedBackground:
         load = getattr(self.backend, "load", None)
         if load is not None:
             load()
-        if self.transcribe is None:
-            from microturn.eval.transcribe import whisper_model
-
-            whisper_model()
+        super().warm_up()
 
     def reset(self) -> None:
-        """A new session: a new conversation record, nothing pending, an empty log."""
-        if self.record is not None:
-            self.record.close()
-        self.record = ConversationRecord(turn_s=self.turn_s, transcribe=self.transcribe)
-        self.pending: list[BackgroundText] = []
-        self.tasks: list[dict] = []
+        super().reset()
         self.current_task: str | None = None  # the latest task triggered (a system may wait for its answer)
         self._count = 0
 
     def close(self) -> None:
-        if self.record is not None:
-            self.record.close()
+        super().close()
         self.timers.cancel_all()
-
-    # ---- fed by the system, on the simulated clock ----
-    def observe_input(self, turn: int, samples: np.ndarray) -> None:
-        """The 16 kHz chunk the system heard at micro-turn `turn` (the session's input tap)."""
-        self.record.observe_input(turn, samples)
 
     def observe(self, output: MicroTurnOutput, now_s: float, transcript: list[dict]) -> None:
         """One micro-turn's output, seen at `now_s` (when its step finished on the live clock), with the
         assistant's words so far; a user turn end runs a task now."""
+        self._clock = (now_s, time.perf_counter())
         segment = turn_end_trigger(self.record, output, self.config)
         if segment is not None:
             self.run("turn_end", segment, now_s, transcript)
@@ -121,13 +174,6 @@ class SimulatedBackground:
     def request(self, reason: str, now_s: float, transcript: list[dict]) -> dict:
         """A task at `now_s` for another reason (a delegate signal, typed text); returns its record."""
         return self.run(reason, None, now_s, transcript)
-
-    def take(self, turn: int) -> list[BackgroundText]:
-        """The text that has arrived by the step of micro-turn `turn` (`model.queues.arrival_turn`)."""
-        due = [b for b in self.pending if arrival_turn(b.time, self.turn_s) <= turn]
-        if due:
-            self.pending = [b for b in self.pending if arrival_turn(b.time, self.turn_s) > turn]
-        return sorted(due, key=lambda b: b.time)
 
     # ---- a task, run now, stamped on the simulated clock ----
     def _supersede(self, now_s: float) -> None:

@@ -353,7 +353,7 @@ def run_proactive(
 ) -> ProactiveRun:
     """Stream every episode through a fresh system, transcribe its output, score speech and text.
     `oracle_heard`: the model's heard-words memory gets the episode's true user words (a ceiling for a
-    transcriber feeding it), not its transcript head's."""
+    transcriber feeding it), not its transcript head's (or a Whisper-fed system's, see `_factories`)."""
     from tqdm import tqdm
 
     from microturn.audio import write_wav
@@ -477,14 +477,26 @@ def _factories(args: argparse.Namespace) -> dict[str, Callable[[], Callable[[], 
     def model():
         import torch
 
+        from microturn.background.offline import SimulatedHearing
         from microturn.runtime.checkpoint import load_runtime
         from microturn.runtime.engine import EngineConfig
         from microturn.runtime.model_system import ModelSystem
 
         torch.set_num_threads(1)  # the real-time budget is one core per engine, as live
         models = load_runtime(args.checkpoint)
+        hearing = None
+        if (
+            args.heard == "whisper"
+        ):  # as `serve --background`: Whisper's words fill the memory, as late as live
+            hearing = SimulatedHearing()
+            hearing.warm_up()
         return lambda: ModelSystem(
-            models.model, models.tokenizer, models.vocoder, EngineConfig(), seed=args.seed
+            models.model,
+            models.tokenizer,
+            models.vocoder,
+            EngineConfig(),
+            seed=args.seed,
+            background_model=hearing,
         )
 
     def harness():
@@ -548,8 +560,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="the model session's seed")
     p.add_argument(
         "--heard",
-        choices=("head", "oracle"),
+        choices=("head", "whisper", "oracle"),
         default="head",
-        help="what fills the model's heard-words memory: its transcript head, or the episode's true words",
+        help="what fills the model's heard-words memory: its transcript head, Whisper tiny.en on the user's "
+        "speech segments (as the live background worker; each as late as its transcription took), or the "
+        "episode's true words",
     )
     p.set_defaults(func=cmd_proactive)

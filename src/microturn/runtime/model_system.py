@@ -5,7 +5,8 @@ baseline. Background text is released to the session at the first micro-turn who
 it (`model.queues.arrival_turn`, the rule the training data uses). With a `background_model` (an
 `OfflineBackground`, e.g. `background.offline.SimulatedBackground`) the text comes instead from a real
 background model on the loop's simulated clock: it hears the session's input, sees each step's output in
-`after_step` (not counted as the step's compute), and its answers are released the same way.
+`after_step` (not counted as the step's compute), and its answers are released the same way, as are
+its Whisper transcripts into the session's heard-words memory.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class ModelSystem:
         if self.background_model is not None:
             for item in self.background_model.take(session.turn):
                 session.push_background(item.text, item.task)
+            for text in self.background_model.take_heard(session.turn):  # as live: Whisper's words
+                session.push_heard(text)
         session.push_audio(np.asarray(chunk, dtype=np.float32), SAMPLE_RATE)
         out = self.engine.step_once()[session]
         self.last_output = out

@@ -33,7 +33,8 @@ class StepResult:
 
 class OfflineBackground(Protocol):
     """A background model on the offline loop's simulated clock (`background.offline.SimulatedBackground`):
-    a system feeds it what it heard and did, and takes the text that has arrived by each micro-turn."""
+    a system feeds it what it heard and did, and takes the text and the user's transcribed words that have
+    arrived by each micro-turn."""
 
     def reset(self) -> None: ...
 
@@ -42,6 +43,8 @@ class OfflineBackground(Protocol):
     def observe(self, output, now_s: float, transcript: list[dict]) -> None: ...
 
     def take(self, turn: int) -> list[BackgroundText]: ...
+
+    def take_heard(self, turn: int) -> list[str]: ...
 
 
 class DuplexSystem(Protocol):
