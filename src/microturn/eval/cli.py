@@ -1,5 +1,6 @@
 """Evaluation commands: `eval fdbench` (Full-Duplex-Bench v1 and v1.5 folders, the model and the harness
-baseline side by side) and `eval export-overlap` (v1.5 scenarios from held-out conversations)."""
+baseline side by side) and `eval export-overlap` (v1.5 scenarios from held-out conversations) here;
+`background`, `rendering`, `proactive` and `onsets` in their own modules."""
 
 from __future__ import annotations
 
@@ -146,6 +147,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_background_parser(sub)
     add_rendering_parser(sub)
 
+    from microturn.eval.onsets import add_parser as add_onsets_parser
     from microturn.eval.proactive import add_parser as add_proactive_parser
 
     add_proactive_parser(sub)
+    add_onsets_parser(sub)

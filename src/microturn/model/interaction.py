@@ -253,15 +253,19 @@ class InteractionModel(nn.Module):
             x = block(x, mask, rope)
         return self.norm(x)[:, 0::2]
 
+    def text_scores(self, hidden: torch.Tensor, batch: TurnBatch) -> torch.Tensor:
+        """The text head's teacher-forced scores [B, T, K, V] over the batch's words (each slot sees the
+        true previous piece, the copy pointer's candidates and the heard words)."""
+        prev = torch.cat([torch.full_like(batch.text[..., :1], BOS), batch.text[..., :-1]], dim=-1)
+        return self.text_head.logits(hidden, prev, batch.text_copy, self._heard_in_batch(batch))
+
     def losses(self, batch: TurnBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones)."""
         hidden = self(batch)
         valid = batch.valid
         h = hidden[valid]
-        bos = torch.full_like(batch.text[..., :1], BOS)
-        prev = torch.cat([bos, batch.text[..., :-1]], dim=-1)
         text = batch.text[valid]
-        text_scores = self.text_head.logits(hidden, prev, batch.text_copy, self._heard_in_batch(batch))
+        text_scores = self.text_scores(hidden, batch)
         losses = {
             "gate": F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], batch.speaking[valid].float()),
             "text": F.cross_entropy(text_scores[valid].flatten(0, 1), text.flatten()),
