@@ -118,6 +118,38 @@ def test_losses_fall_when_overfitting_a_batch(corpora):
         assert losses[k].item() < first[k], (k, first[k], losses[k].item())
 
 
+def test_gate_change_weight_weighs_the_starts_and_stops(corpora):
+    """The gate loss with `gate_change_weight` W is the mean over micro-turns where the starts and stops of
+    the assistant's speech count W times; W = 1 is the plain mean; the other streams do not move."""
+    import torch.nn.functional as F
+
+    from microturn.train.dataset import CropPlan, CropRenderer, CropSampler, read_conversations
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    batch = CropSampler(
+        CropRenderer(read_conversations(corpora[0], fixture_tokenizer()), cfg), CropPlan(30, 30, 2), 0
+    ).batch(0)
+    model = InteractionModel(cfg).eval()
+    with torch.no_grad():
+        plain = model.losses(batch, torch.Generator().manual_seed(0))
+        weighted = model.losses(batch, torch.Generator().manual_seed(0), gate_change_weight=5.0)
+        p = torch.sigmoid(model.gate(model(batch))[..., 0])
+    speaking = batch.speaking.float()
+    changes = [(b, t) for b in range(2) for t in range(1, 30) if speaking[b, t] != speaking[b, t - 1]]
+    assert changes, "the fixture crops start or stop the assistant's speech somewhere"
+    weight = torch.ones_like(speaking)
+    for b, t in changes:
+        weight[b, t] = 5.0
+    bce = F.binary_cross_entropy(p, speaking, reduction="none")
+    valid = batch.valid
+    assert plain["gate"].item() == pytest.approx(bce[valid].mean().item(), rel=1e-4)
+    expected = (bce * weight)[valid].sum() / weight[valid].sum()
+    assert weighted["gate"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert weighted["gate"].item() != pytest.approx(plain["gate"].item(), rel=1e-4)
+    assert weighted["text"].item() == pytest.approx(plain["text"].item())
+
+
 def test_checkpoint_loads_and_bad_checkpoints_fail_clearly(tmp_path):
     tok = fixture_tokenizer()
     torch.manual_seed(0)

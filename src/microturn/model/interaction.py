@@ -259,15 +259,24 @@ class InteractionModel(nn.Module):
         prev = torch.cat([torch.full_like(batch.text[..., :1], BOS), batch.text[..., :-1]], dim=-1)
         return self.text_head.logits(hidden, prev, batch.text_copy, self._heard_in_batch(batch))
 
-    def losses(self, batch: TurnBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones)."""
+    def losses(
+        self, batch: TurnBatch, generator: torch.Generator | None = None, gate_change_weight: float = 1.0
+    ) -> dict[str, torch.Tensor]:
+        """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones). The gate's
+        micro-turns where the assistant starts or stops speaking weigh `gate_change_weight` (a weighted
+        mean): they are the rare decisions; going on or staying quiet is most of the crop."""
         hidden = self(batch)
         valid = batch.valid
         h = hidden[valid]
         text = batch.text[valid]
         text_scores = self.text_scores(hidden, batch)
+        speaking = batch.speaking.float()
+        change = torch.zeros_like(speaking)
+        change[:, 1:] = (speaking[:, 1:] != speaking[:, :-1]).float()
+        gate_weight = 1.0 + (gate_change_weight - 1.0) * change[valid]
+        gate_loss = F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], speaking[valid], reduction="none")
         losses = {
-            "gate": F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], batch.speaking[valid].float()),
+            "gate": (gate_loss * gate_weight).sum() / gate_weight.sum(),
             "text": F.cross_entropy(text_scores[valid].flatten(0, 1), text.flatten()),
             "floor": F.cross_entropy(self.floor_head(h), batch.floor[valid]),
             "user_text": F.cross_entropy(

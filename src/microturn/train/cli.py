@@ -36,7 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "threads",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=defaults[name])
-    for name in ("lr", "weight_decay", "grad_clip", "checkpoint_minutes", "refresh_minutes"):
+    for name in (
+        "lr",
+        "weight_decay",
+        "grad_clip",
+        "checkpoint_minutes",
+        "refresh_minutes",
+        "gate_change_weight",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name])
     p.add_argument(
         "--tokenizer", help="use this tokenizer.json instead of training one on the chitchat train split"

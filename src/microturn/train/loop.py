@@ -68,17 +68,21 @@ class TrainOptions:
     fsdp: bool = False
     refresh_minutes: float = 0.0  # > 0: re-read the manifest this often (a growing corpus; not reproducible)
     stop_after: int | None = None  # stop (as if killed) after this step's checkpoint; tests use it
+    gate_change_weight: float = 1.0  # the gate loss's weight where the assistant starts or stops speaking
 
 
 class StreamLosses(nn.Module):
     """The module DDP/FSDP wrap: its forward is the model's per-stream losses."""
 
-    def __init__(self, model: InteractionModel):
+    def __init__(self, model: InteractionModel, gate_change_weight: float = 1.0):
         super().__init__()
         self.model = model
+        self.gate_change_weight = gate_change_weight
 
     def forward(self, batch: TurnBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.model.losses(batch, generator)
+        # validation (eval mode) stays unweighted: its losses compare across runs
+        weight = self.gate_change_weight if self.training else 1.0
+        return self.model.losses(batch, generator, gate_change_weight=weight)
 
 
 def learning_rate(step: int, opts: TrainOptions) -> float:
@@ -250,7 +254,7 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         else []
     )
 
-    wrapped = _wrap(StreamLosses(model), opts, env)
+    wrapped = _wrap(StreamLosses(model, opts.gate_change_weight), opts, env)
     optimizer = _make_optimizer(wrapped, opts)
     if start:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
