@@ -155,7 +155,7 @@ def test_cli_runs_on_a_tiny_episode(tmp_path, request):
     out, metrics = tmp_path / "out", tmp_path / "m.json"
     code = main(
         ["eval", "proactive", str(data), "--system", "model", "--checkpoint", str(ckpt), "--out", str(out)]
-        + ["--json", str(metrics)]
+        + ["--json", str(metrics), "--heard", "whisper"]  # Whisper on the segments the floor head perceived
     )
     assert code == 0
     result = json.loads(metrics.read_text())

@@ -31,23 +31,9 @@ def _background_model(args: argparse.Namespace):
 
 
 def _model_factory(args: argparse.Namespace):
-    import torch
+    from microturn.runtime.model_system import model_system_factory
 
-    from microturn.runtime.checkpoint import load_runtime
-    from microturn.runtime.engine import EngineConfig
-    from microturn.runtime.model_system import ModelSystem
-
-    torch.set_num_threads(1)  # the real-time budget is one core per engine, as live
-    models = load_runtime(args.checkpoint)
-    background = _background_model(args)
-    return lambda: ModelSystem(
-        models.model,
-        models.tokenizer,
-        models.vocoder,
-        EngineConfig(),
-        seed=args.seed,
-        background_model=background,
-    )
+    return model_system_factory(args.checkpoint, args.seed, _background_model(args))
 
 
 def _harness_factory(args: argparse.Namespace):

@@ -475,29 +475,16 @@ def write_report(out_dir: str | Path, runs: list[ProactiveRun]) -> Path:
 # --- command ----------------------------------------------------------------------------------------------
 def _factories(args: argparse.Namespace) -> dict[str, Callable[[], Callable[[], DuplexSystem]]]:
     def model():
-        import torch
-
         from microturn.background.offline import SimulatedHearing
-        from microturn.runtime.checkpoint import load_runtime
-        from microturn.runtime.engine import EngineConfig
-        from microturn.runtime.model_system import ModelSystem
+        from microturn.runtime.model_system import model_system_factory
 
-        torch.set_num_threads(1)  # the real-time budget is one core per engine, as live
-        models = load_runtime(args.checkpoint)
         hearing = None
         if (
             args.heard == "whisper"
         ):  # as `serve --background`: Whisper's words fill the memory, as late as live
             hearing = SimulatedHearing()
             hearing.warm_up()
-        return lambda: ModelSystem(
-            models.model,
-            models.tokenizer,
-            models.vocoder,
-            EngineConfig(),
-            seed=args.seed,
-            background_model=hearing,
-        )
+        return model_system_factory(args.checkpoint, args.seed, hearing)
 
     def harness():
         from microturn.eval.harness import CascadeHarness

@@ -11,6 +11,8 @@ its Whisper transcripts into the session's heard-words memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from microturn.audio import SAMPLE_RATE
@@ -75,3 +77,24 @@ class ModelSystem:
         """The loop's hook after step `index`: the background model sees its output at `done_s`."""
         if self.background_model is not None and self.last_output is not None:
             self.background_model.observe(self.last_output, done_s, list(self.session.transcript))
+
+
+def model_system_factory(
+    checkpoint: str | None, seed: int = 0, background_model: OfflineBackground | None = None
+) -> Callable[[], ModelSystem]:
+    """Loads the checkpoint once; each call gives a fresh `ModelSystem` on it (the evaluations' factory).
+    One torch thread: the real-time budget is one core per engine, as live."""
+    import torch
+
+    from microturn.runtime.checkpoint import load_runtime
+
+    torch.set_num_threads(1)
+    models = load_runtime(checkpoint)
+    return lambda: ModelSystem(
+        models.model,
+        models.tokenizer,
+        models.vocoder,
+        EngineConfig(),
+        seed=seed,
+        background_model=background_model,
+    )
