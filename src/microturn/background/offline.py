@@ -32,6 +32,7 @@ as its transcription took. `SimulatedHearing` is that part alone, with no backen
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -89,6 +90,7 @@ class SimulatedHearing:
         )
         self.pending: list[BackgroundText] = []
         self.heard: list[tuple[float, str]] = []  # (arrival on the simulated clock, text)
+        self._heard_lock = threading.Lock()  # appended on the record's thread, taken on the system's
         self.tasks: list[dict] = []
         self._clock = (0.0, time.perf_counter())  # (simulated seconds, wall clock) of the last output seen
 
@@ -98,7 +100,8 @@ class SimulatedHearing:
 
     def _heard(self, utterance: Utterance) -> None:  # on the record's thread, when a transcription is done
         now_s, seen = self._clock
-        self.heard.append((now_s + time.perf_counter() - seen, utterance.text))
+        with self._heard_lock:
+            self.heard.append((now_s + time.perf_counter() - seen, utterance.text))
 
     # ---- fed by the system, on the simulated clock ----
     def observe_input(self, turn: int, samples: np.ndarray) -> None:
@@ -121,8 +124,9 @@ class SimulatedHearing:
 
     def take_heard(self, turn: int) -> list[str]:
         """The user's transcribed words that have arrived by the step of micro-turn `turn`."""
-        due = sorted(h for h in self.heard if arrival_turn(h[0], self.turn_s) <= turn)
-        self.heard = [h for h in self.heard if arrival_turn(h[0], self.turn_s) > turn]
+        with self._heard_lock:
+            due = sorted(h for h in self.heard if arrival_turn(h[0], self.turn_s) <= turn)
+            self.heard = [h for h in self.heard if arrival_turn(h[0], self.turn_s) > turn]
         return [text for _, text in due]
 
 
