@@ -114,11 +114,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from ..runtime.checkpoint import load_runtime
+    from ..model.checkpoint import load_checkpoint
+    from ..runtime.checkpoint import default_checkpoint_path
 
     torch.set_num_threads(1)
-    models = load_runtime(args.checkpoint)
-    model, tokenizer = models.model, models.tokenizer
+    model, tokenizer, _ = load_checkpoint(args.checkpoint or default_checkpoint_path())  # no vocoder needed
     results = []
     for corpus in args.corpora:
         result = onset_scores(model, tokenizer, corpus, args.episodes, args.max_turns).as_dict()

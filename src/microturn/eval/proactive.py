@@ -479,9 +479,7 @@ def _factories(args: argparse.Namespace) -> dict[str, Callable[[], Callable[[], 
         from microturn.runtime.model_system import model_system_factory
 
         hearing = None
-        if (
-            args.heard == "whisper"
-        ):  # as `serve --background`: Whisper's words fill the memory, as late as live
+        if args.heard == "whisper":  # as `serve --background`: Whisper fills the memory, as late as live
             hearing = SimulatedHearing()
             hearing.warm_up()
         return model_system_factory(args.checkpoint, args.seed, hearing)

@@ -462,9 +462,8 @@ class InteractionModel(nn.Module):
                 )
             # words are only said while speaking (a forced silence says nothing); silent rows skip the decoder
             text = torch.full((b, cfg.text_slots), PAD, dtype=torch.long)
-            word_rest_at = torch.full(
-                (b,), -1, dtype=torch.long
-            )  # a word left unfinished in silence stays so
+            # a copied word's piece still to say, per session; a word left unfinished in silence stays so
+            word_rest_at = torch.full((b,), -1, dtype=torch.long)
             if bool(speaking.any()):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from microturn.audio import SAMPLE_RATE
 from microturn.model.interaction import InteractionModel
 from microturn.model.queues import arrival_turn
 from microturn.model.tokenizer import TextTokenizer
+from microturn.runtime.checkpoint import load_runtime
 from microturn.runtime.engine import Engine, EngineConfig
 from microturn.runtime.session import MicroTurnOutput, Session
 from microturn.runtime.system import BackgroundText, OfflineBackground, StepResult
@@ -84,10 +86,6 @@ def model_system_factory(
 ) -> Callable[[], ModelSystem]:
     """Loads the checkpoint once; each call gives a fresh `ModelSystem` on it (the evaluations' factory).
     One torch thread: the real-time budget is one core per engine, as live."""
-    import torch
-
-    from microturn.runtime.checkpoint import load_runtime
-
     torch.set_num_threads(1)
     models = load_runtime(checkpoint)
     return lambda: ModelSystem(
