@@ -17,7 +17,7 @@ from microturn.data.corpus import VIDEO, load_corpus
 from microturn.data.proactive import PLANNED_EPISODE_S, VARIANTS, number_words
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel
-from microturn.train.dataset import CropRenderer, collate, read_conversations
+from microturn.train.dataset import CropRenderer, collate, read_conversations, render_tracks
 
 torch.set_num_threads(1)
 
@@ -146,6 +146,18 @@ def test_proactive_words_follow_their_events(episodes, shape):
         user = [(w.start, w.end) for c in convs for w in c.words if w.speaker == "user"]
         replies = [u for c in convs for u in c.utterances if u.kind == "proactive"]
         assert any(any(s < u.end and u.start < e for s, e in user) for u in replies)
+
+
+def test_the_proactive_track_marks_unprompted_speech_only(episodes):
+    """The label track the proactive gate weight uses: on where a proactive word is said, off for the
+    assistant's ordinary turns (the acknowledgement) and wherever it is silent."""
+    conv = read_conversations(episodes["visual_cue"], fixture_tokenizer())[0]
+    tracks = render_tracks(conv, get_config("tiny"))
+    proactive, speaking = tracks["proactive"], tracks["speaking"].astype(bool)
+    assert proactive.any() and (speaking & ~proactive).any()
+    assert not (proactive & ~speaking).any()
+    first = next(s for spk, kind, s, _, _ in conv.words if spk == "assistant" and kind == "proactive")
+    assert proactive[int(first / 0.2)] and not proactive[int(first / 0.2) - 2]
 
 
 def test_batches_carry_video_exactly_for_video_episodes(episodes, tmp_path):

@@ -159,15 +159,11 @@ def test_client_controls(models) -> None:
     assert len(a.typed) == 2 and len(a.background) == 5
     engine.step_once()
     assert len(a.typed) == 1 and len(a.background) == 4  # one token per micro-turn per stream
-    a.push_background("and warm", message="bg1")
+    a.push_background("and warm", message="bg1")  # a new message supersedes the rest of the last
     a.push_background("today", message="bg1")  # the same task's next sentence continues its message
+    assert list(a.background.pending) == [BOS, *models.tokenizer.encode("and warm today")]
     a.push_background("no idea")  # no task: a message of its own
-    assert list(a.background.pending)[4:] == [
-        BOS,
-        *models.tokenizer.encode("and warm today"),
-        BOS,
-        *models.tokenizer.encode("no idea"),
-    ]
+    assert list(a.background.pending) == [BOS, *models.tokenizer.encode("no idea")]
 
 
 def test_long_session_state_stays_flat(models) -> None:

@@ -16,6 +16,7 @@ from microturn import audio
 from microturn.model.config import get_config
 from microturn.model.queues import TokenQueue, arrival_turn, render_queued_stream
 from microturn.model.tokenizer import PAD, TextTokenizer
+from microturn.runtime.session import Session
 from microturn.train.augment import augment_user, mu_law_codec, ola_stretch, pitch_shift
 from microturn.train.dataset import (
     CropPlan,
@@ -140,6 +141,21 @@ def test_queue_rule_is_shared_and_fifo():
     queue = TokenQueue(per_turn=2)
     queue.push([1, 2, 3])
     assert queue.pop() == [1, 2] and queue.pop() == [3] and queue.pop() == [] and len(queue) == 0
+
+
+def test_a_new_background_message_supersedes_the_rest_of_the_last():
+    """Background text: a message arriving while the last one is still queued drops its rest, in the
+    renderer and in a session alike (the same rule, so training and runtime see the same stream)."""
+    released = render_queued_stream([(1, [5, 6, 7]), (2, [8, 9])], n_turns=6, per_turn=1, supersede=True)
+    assert released == [[], [5], [8], [9], [], []]
+    tok = fixture_tokenizer()
+    session = Session(tok, chunk_samples=3200, max_backlog=10, video_size=32, video_interval_turns=1)
+    session.push_background("hello there friend", message="a")
+    session.push_background("how are you", message="a")  # the same message goes on
+    first = tok.encode_message("hello there friend") + tok.encode("how are you")
+    assert list(session.background.pending) == first
+    session.push_background("yes", message="b")
+    assert list(session.background.pending) == tok.encode_message("yes")
 
 
 def test_tracks_put_words_at_their_micro_turns(tmp_path):

@@ -118,9 +118,10 @@ def test_losses_fall_when_overfitting_a_batch(corpora):
         assert losses[k].item() < first[k], (k, first[k], losses[k].item())
 
 
-def test_gate_change_weight_weighs_the_starts_and_stops(corpora):
-    """The gate loss with `gate_change_weight` W is the mean over micro-turns where the starts and stops of
-    the assistant's speech count W times; W = 1 is the plain mean; the other streams do not move."""
+def test_proactive_gate_weight_weighs_the_starts_and_stops_of_proactive_speech(corpora):
+    """With `proactive_gate_weight` W, the gate loss is the mean over micro-turns where the starts and stops
+    of proactive speech count W times: the conversation's own turn changes keep weight 1, and the other
+    streams do not move."""
     import torch.nn.functional as F
 
     from microturn.train.dataset import CropPlan, CropRenderer, CropSampler, read_conversations
@@ -131,16 +132,23 @@ def test_gate_change_weight_weighs_the_starts_and_stops(corpora):
         CropRenderer(read_conversations(corpora[0], fixture_tokenizer()), cfg), CropPlan(30, 30, 2), 0
     ).batch(0)
     model = InteractionModel(cfg).eval()
+
+    def losses(weight: float) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return model.losses(batch, torch.Generator().manual_seed(0), proactive_gate_weight=weight)
+
+    plain = losses(1.0)
+    assert not batch.proactive.any()  # plain conversations: nothing is weighted
+    assert losses(5.0)["gate"].item() == pytest.approx(plain["gate"].item(), rel=1e-6)
+    batch.proactive[0] = batch.speaking[0].bool()  # crop 0's speech taken as proactive
+    weighted = losses(5.0)
     with torch.no_grad():
-        plain = model.losses(batch, torch.Generator().manual_seed(0))
-        weighted = model.losses(batch, torch.Generator().manual_seed(0), gate_change_weight=5.0)
         p = torch.sigmoid(model.gate(model(batch))[..., 0])
     speaking = batch.speaking.float()
-    changes = [(b, t) for b in range(2) for t in range(1, 30) if speaking[b, t] != speaking[b, t - 1]]
-    assert changes, "the fixture crops start or stop the assistant's speech somewhere"
+    changes = [t for t in range(1, 30) if speaking[0, t] != speaking[0, t - 1]]
+    assert changes, "the fixture crop starts or stops the assistant's speech somewhere"
     weight = torch.ones_like(speaking)
-    for b, t in changes:
-        weight[b, t] = 5.0
+    weight[0, changes] = 5.0
     bce = F.binary_cross_entropy(p, speaking, reduction="none")
     valid = batch.valid
     assert plain["gate"].item() == pytest.approx(bce[valid].mean().item(), rel=1e-4)

@@ -90,6 +90,7 @@ class TurnBatch:
     valid: torch.Tensor  # [B, T] bool: targets exist (inside the conversation)
     video: torch.Tensor | None = None  # [B, T, 3, S, S] float in [0, 1], or uint8 0-255 (the dataset's)
     video_present: torch.Tensor | None = None  # [B, T] bool
+    proactive: torch.Tensor | None = None  # [B, T] bool: like `speaking`, for unprompted (proactive) words
 
     def to(self, device: torch.device | str) -> TurnBatch:
         return TurnBatch(
@@ -260,20 +261,24 @@ class InteractionModel(nn.Module):
         return self.text_head.logits(hidden, prev, batch.text_copy, self._heard_in_batch(batch))
 
     def losses(
-        self, batch: TurnBatch, generator: torch.Generator | None = None, gate_change_weight: float = 1.0
+        self, batch: TurnBatch, generator: torch.Generator | None = None, proactive_gate_weight: float = 1.0
     ) -> dict[str, torch.Tensor]:
         """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones). The gate's
-        micro-turns where the assistant starts or stops speaking weigh `gate_change_weight` (a weighted
-        mean): they are the rare decisions; going on or staying quiet is most of the crop."""
+        micro-turns where the assistant starts or stops proactive speech (video, clock and cue events: rare,
+        and nothing the user's turn end announces) weigh `proactive_gate_weight` in a weighted mean."""
         hidden = self(batch)
         valid = batch.valid
         h = hidden[valid]
         text = batch.text[valid]
         text_scores = self.text_scores(hidden, batch)
         speaking = batch.speaking.float()
-        change = torch.zeros_like(speaking)
-        change[:, 1:] = (speaking[:, 1:] != speaking[:, :-1]).float()
-        gate_weight = 1.0 + (gate_change_weight - 1.0) * change[valid]
+        weighted = torch.zeros_like(speaking)
+        if batch.proactive is not None:
+            proactive = batch.proactive.float()
+            weighted[:, 1:] = (speaking[:, 1:] != speaking[:, :-1]) * torch.maximum(
+                proactive[:, 1:], proactive[:, :-1]
+            )
+        gate_weight = 1.0 + (proactive_gate_weight - 1.0) * weighted[valid]
         gate_loss = F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], speaking[valid], reduction="none")
         losses = {
             "gate": (gate_loss * gate_weight).sum() / gate_weight.sum(),

@@ -160,12 +160,15 @@ class Session:
 
     def push_background(self, text: str, message: str | None = None) -> None:
         """Background-model text: enters the model one token per micro-turn. Pieces of one message (a
-        background task's sentences, sharing `message`) continue it; anything else starts a new one."""
+        background task's sentences, sharing `message`) continue it; anything else starts a new one, which
+        supersedes what is still queued of the last (`model.queues`)."""
         with self._lock:
             continues = message is not None and message == self._background_message
             self._background_message = message
-            ids = self.tokenizer.encode(text) if continues else self.tokenizer.encode_message(text)
-            self.background.push(ids)
+            if continues:
+                self.background.push(self.tokenizer.encode(text))
+            else:
+                self.background.replace(self.tokenizer.encode_message(text))
 
     def push_heard(self, text: str) -> None:
         """The user's words as a transcriber heard them (Whisper on a speech segment): they feed the model's

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "grad_clip",
         "checkpoint_minutes",
         "refresh_minutes",
-        "gate_change_weight",
+        "proactive_gate_weight",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name])
     p.add_argument(

@@ -126,9 +126,11 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
     words = [(spk, kind, s * time_scale, e * time_scale, ids) for spk, kind, s, e, ids in conv.words]
     assistant = [(s, e) for spk, _, s, e, _ in words if spk == "assistant"]
     assistant_bc = [(s, e) for spk, kind, s, e, _ in words if spk == "assistant" and kind == "backchannel"]
+    assistant_pro = [(s, e) for spk, kind, s, e, _ in words if spk == "assistant" and kind == "proactive"]
     user = _active_windows([(s, e) for spk, _, s, e, _ in words if spk == "user"], n, ts)
     speaking = _active_windows(assistant, n, ts)
     backchannel = _active_windows(assistant_bc, n, ts)
+    proactive = _active_windows(assistant_pro, n, ts)
     floor = np.select([backchannel, speaking & user, speaking, user], [4, 3, 2, 1], default=0)
     text = render_queued_stream(
         [(int(s / ts) - 1, list(ids)) for spk, _, s, _, ids in words if spk == "assistant"], n, k
@@ -142,7 +144,9 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
         n,
         k,
     )
-    bg = render_queued_stream([(arrival_turn(t * time_scale, ts), ids) for t, ids in conv.background], n, 1)
+    bg = render_queued_stream(
+        [(arrival_turn(t * time_scale, ts), ids) for t, ids in conv.background], n, 1, supersede=True
+    )
     mel_phones, mel_phone_frac = _frame_phones(conv, words, n, cfg)
     pointer, text_copy = CopyPointer(), np.full((n, k), NO_CANDIDATE, dtype=np.int64)
     for t in range(n):  # what the streaming step's pointer offers each slot (model/copying.py)
@@ -153,6 +157,7 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
         "mel_phones": mel_phones,
         "mel_phone_frac": mel_phone_frac,
         "speaking": speaking.astype(np.int64),
+        "proactive": proactive,
         "floor": floor.astype(np.int64),
         "text": _slots(text, k),
         "user_text": _slots(user_text, k),
@@ -267,6 +272,7 @@ class CropRenderer:
             "typed_tokens": torch.full((length,), -1, dtype=torch.long),
             "gap": gap,
             "speaking": speaking,
+            "proactive": window("proactive", 1),
             "text": window("text", 0),
             "text_copy": window("text_copy", 0),
             "mel": mel,
