@@ -23,7 +23,7 @@ from microturn.model.checkpoint import (
     save_checkpoint,
 )
 from microturn.model.config import get_config
-from microturn.model.interaction import InteractionModel
+from microturn.model.interaction import InteractionModel, gate_weights
 from microturn.train.loop import STREAMS, TrainOptions, train
 from microturn.train.plot import plot_run
 
@@ -118,10 +118,18 @@ def test_losses_fall_when_overfitting_a_batch(corpora):
         assert losses[k].item() < first[k], (k, first[k], losses[k].item())
 
 
-def test_proactive_gate_weight_weighs_the_starts_and_stops_of_proactive_speech(corpora):
-    """With `proactive_gate_weight` W, the gate loss is the mean over micro-turns where the starts and stops
-    of proactive speech count W times: the conversation's own turn changes keep weight 1, and the other
-    streams do not move."""
+def test_gate_weights_mark_proactive_changes_and_other_stops():
+    """Proactive speech's starts and stops weigh `proactive_weight`, other stops `stop_weight`, the
+    conversation's own starts (and everything else) 1."""
+    speaking = torch.tensor([[0, 1, 1, 0, 0, 1, 1, 0, 0]])
+    proactive = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 0, 0]], dtype=torch.bool)
+    assert gate_weights(speaking, proactive, 4.0, 3.0).tolist() == [[1, 1, 1, 3, 1, 4, 1, 4, 1]]
+    assert gate_weights(speaking, None, 4.0, 3.0).tolist() == [[1, 1, 1, 3, 1, 1, 1, 3, 1]]
+
+
+def test_the_gate_loss_is_the_weighted_mean(corpora):
+    """With gate weights, the gate loss is their weighted mean over valid micro-turns; plain conversations
+    have no proactive speech, so only a stop weight moves it; the other streams do not move."""
     import torch.nn.functional as F
 
     from microturn.train.dataset import CropPlan, CropRenderer, CropSampler, read_conversations
@@ -133,22 +141,20 @@ def test_proactive_gate_weight_weighs_the_starts_and_stops_of_proactive_speech(c
     ).batch(0)
     model = InteractionModel(cfg).eval()
 
-    def losses(weight: float) -> dict[str, torch.Tensor]:
+    def losses(**weights: float) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return model.losses(batch, torch.Generator().manual_seed(0), proactive_gate_weight=weight)
+            return model.losses(batch, torch.Generator().manual_seed(0), **weights)
 
-    plain = losses(1.0)
-    assert not batch.proactive.any()  # plain conversations: nothing is weighted
-    assert losses(5.0)["gate"].item() == pytest.approx(plain["gate"].item(), rel=1e-6)
+    plain = losses()
+    assert not batch.proactive.any()
+    assert losses(proactive_gate_weight=5.0)["gate"].item() == pytest.approx(plain["gate"].item(), rel=1e-6)
     batch.proactive[0] = batch.speaking[0].bool()  # crop 0's speech taken as proactive
-    weighted = losses(5.0)
+    weighted = losses(proactive_gate_weight=5.0, stop_gate_weight=3.0)
     with torch.no_grad():
         p = torch.sigmoid(model.gate(model(batch))[..., 0])
     speaking = batch.speaking.float()
-    changes = [t for t in range(1, 30) if speaking[0, t] != speaking[0, t - 1]]
-    assert changes, "the fixture crop starts or stops the assistant's speech somewhere"
-    weight = torch.ones_like(speaking)
-    weight[0, changes] = 5.0
+    weight = gate_weights(batch.speaking, batch.proactive, 5.0, 3.0)
+    assert (weight[0] == 5.0).any(), "the fixture crop starts or stops the assistant's speech somewhere"
     bce = F.binary_cross_entropy(p, speaking, reduction="none")
     valid = batch.valid
     assert plain["gate"].item() == pytest.approx(bce[valid].mean().item(), rel=1e-4)

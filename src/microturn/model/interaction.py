@@ -98,6 +98,21 @@ class TurnBatch:
         )
 
 
+def gate_weights(
+    speaking: torch.Tensor, proactive: torch.Tensor | None, proactive_weight: float, stop_weight: float
+) -> torch.Tensor:
+    """Each micro-turn's weight in the gate loss [B, T]: `proactive_weight` where the assistant starts or
+    stops proactive speech (video, clock and cue events: rare, and nothing a user's turn end announces),
+    `stop_weight` where it stops any other speech (yielding: rare, and what an interruption tests), 1
+    elsewhere. Ordinary starts keep weight 1: weighted, they made the gate start in the user's pauses."""
+    weights = torch.ones(speaking.shape, dtype=torch.float32, device=speaking.device)
+    before, now = speaking[:, :-1].bool(), speaking[:, 1:].bool()
+    weights[:, 1:][before & ~now] = stop_weight
+    if proactive is not None:
+        weights[:, 1:][(before != now) & (proactive[:, 1:] | proactive[:, :-1]).bool()] = proactive_weight
+    return weights
+
+
 def _unit_frames(frames: torch.Tensor) -> torch.Tensor:
     """Frames as floats in [0, 1] (training keeps them as bytes until the model: 4x less memory)."""
     return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
@@ -261,24 +276,22 @@ class InteractionModel(nn.Module):
         return self.text_head.logits(hidden, prev, batch.text_copy, self._heard_in_batch(batch))
 
     def losses(
-        self, batch: TurnBatch, generator: torch.Generator | None = None, proactive_gate_weight: float = 1.0
+        self,
+        batch: TurnBatch,
+        generator: torch.Generator | None = None,
+        proactive_gate_weight: float = 1.0,
+        stop_gate_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones). The gate's
-        micro-turns where the assistant starts or stops proactive speech (video, clock and cue events: rare,
-        and nothing the user's turn end announces) weigh `proactive_gate_weight` in a weighted mean."""
+        """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones); the gate's
+        is a weighted mean (`gate_weights`)."""
         hidden = self(batch)
         valid = batch.valid
         h = hidden[valid]
         text = batch.text[valid]
         text_scores = self.text_scores(hidden, batch)
         speaking = batch.speaking.float()
-        weighted = torch.zeros_like(speaking)
-        if batch.proactive is not None:
-            proactive = batch.proactive.float()
-            weighted[:, 1:] = (speaking[:, 1:] != speaking[:, :-1]) * torch.maximum(
-                proactive[:, 1:], proactive[:, :-1]
-            )
-        gate_weight = 1.0 + (proactive_gate_weight - 1.0) * weighted[valid]
+        weights = gate_weights(batch.speaking, batch.proactive, proactive_gate_weight, stop_gate_weight)
+        gate_weight = weights[valid]
         gate_loss = F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], speaking[valid], reduction="none")
         losses = {
             "gate": (gate_loss * gate_weight).sum() / gate_weight.sum(),

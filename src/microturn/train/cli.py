@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "checkpoint_minutes",
         "refresh_minutes",
         "proactive_gate_weight",
+        "stop_gate_weight",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name])
     p.add_argument(

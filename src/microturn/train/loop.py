@@ -69,20 +69,25 @@ class TrainOptions:
     refresh_minutes: float = 0.0  # > 0: re-read the manifest this often (a growing corpus; not reproducible)
     stop_after: int | None = None  # stop (as if killed) after this step's checkpoint; tests use it
     proactive_gate_weight: float = 1.0  # the gate loss's weight where proactive speech starts or stops
+    stop_gate_weight: float = 1.0  # ... and where other speech stops (model.interaction.gate_weights)
 
 
 class StreamLosses(nn.Module):
     """The module DDP/FSDP wrap: its forward is the model's per-stream losses."""
 
-    def __init__(self, model: InteractionModel, proactive_gate_weight: float = 1.0):
+    def __init__(
+        self, model: InteractionModel, proactive_gate_weight: float = 1.0, stop_gate_weight: float = 1.0
+    ):
         super().__init__()
         self.model = model
-        self.proactive_gate_weight = proactive_gate_weight
+        self.gate_weights = {
+            "proactive_gate_weight": proactive_gate_weight,
+            "stop_gate_weight": stop_gate_weight,
+        }
 
     def forward(self, batch: TurnBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         # validation (eval mode) stays unweighted: its losses compare across runs
-        weight = self.proactive_gate_weight if self.training else 1.0
-        return self.model.losses(batch, generator, proactive_gate_weight=weight)
+        return self.model.losses(batch, generator, **(self.gate_weights if self.training else {}))
 
 
 def learning_rate(step: int, opts: TrainOptions) -> float:
@@ -254,7 +259,7 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         else []
     )
 
-    wrapped = _wrap(StreamLosses(model, opts.proactive_gate_weight), opts, env)
+    wrapped = _wrap(StreamLosses(model, opts.proactive_gate_weight, opts.stop_gate_weight), opts, env)
     optimizer = _make_optimizer(wrapped, opts)
     if start:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
