@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import io
 import json
 import re
@@ -669,7 +670,12 @@ def test_serve_refuses_a_public_host_without_a_key(monkeypatch, capsys, checkpoi
 
 def test_serve_prints_the_url_once_listening_and_serves_the_page(checkpoint):
     command = [sys.executable, "-m", "microturn.cli", "serve", "--port", "0", "--checkpoint", str(checkpoint)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child, even when the suite runs as a background job (whose children
+    # inherit SIGINT ignored, and Python then never raises KeyboardInterrupt)
+    restore_sigint = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint
+    )
     try:
         line = proc.stdout.readline()  # blocks until the server listens (or the command fails)
         match = re.fullmatch(r"microturn: open (http://127\.0\.0\.1:\d+/) in a browser\n", line)
