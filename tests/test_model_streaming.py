@@ -278,6 +278,26 @@ def test_starting_to_speak_takes_more_confidence_than_going_on():
     assert all(model.step(state, StepInputs(silent)).speaking[0] for _ in range(3))
 
 
+def test_a_start_window_adds_up_the_start_probability_of_its_silent_micro_turns():
+    model = make_model(gate_start_window=3, gate_start_threshold=0.5)
+    with torch.no_grad():
+        model.gate.weight.zero_()
+        model.gate.bias.fill_(-1.0986)  # p = 0.25 each micro-turn: one alone never starts
+    silent = torch.zeros(2, model.cfg.frames, model.cfg.n_mels, dtype=torch.long)
+    state = model.new_state(2)
+    # 1 - 0.75^n over the last 3: 0.25, 0.44, 0.58 -> the third silent micro-turn starts; the second
+    # session, made to speak in the second micro-turn, counts from the first silent one after it
+    forced = [torch.tensor([-1, -1]), torch.tensor([-1, 1]), *[torch.tensor([-1, -1])] * 4]
+    speaking = [model.step(state, StepInputs(silent, speaking_override=f)).speaking.tolist() for f in forced]
+    # going on takes p > gate_threshold (0.5): each stops after one micro-turn and counts again
+    assert [row[0] for row in speaking] == [False, False, True, False, False, False]
+    assert [row[1] for row in speaking] == [False, True, False, False, False, True]
+    with torch.no_grad():
+        model.gate.bias.fill_(-1.7346)  # p = 0.15: 1 - 0.85^3 = 0.39, and the window holds no more
+    state = model.new_state(2)
+    assert not any(model.step(state, StepInputs(silent)).speaking.any() for _ in range(8))
+
+
 def test_an_utterance_starts_with_a_word_however_unsure_the_text_head_is():
     model = make_model()
     with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,16 @@ def test_a_transcriber_feeds_the_heard_words_memory(models) -> None:
     assert not memory[1].external and len(memory[1].tokens) > 0  # the other hears through its head
     engine.close_session(fed)
     engine.close_session(own)
+
+
+def test_a_start_window_counts_in_the_session_whether_stepped_batched_or_by_row(models, monkeypatch) -> None:
+    gate = models.model.gate  # p = 0.25 whatever it hears: one micro-turn alone never starts, three do
+    monkeypatch.setattr(gate, "weight", torch.nn.Parameter(torch.zeros_like(gate.weight)))
+    monkeypatch.setattr(gate, "bias", torch.nn.Parameter(torch.full_like(gate.bias, -1.0986)))
+
+    def speaking(window: int, batch_invariant: bool) -> list[bool]:
+        monkeypatch.setattr(models.model, "cfg", replace(models.model.cfg, gate_start_window=window))
+        return [o.speaking for o in run_session(models, 2, batch_invariant, steps=16)]
+
+    assert speaking(3, batch_invariant=False) == speaking(3, batch_invariant=True)
+    assert speaking(3, batch_invariant=False) != speaking(1, batch_invariant=False)  # the window mattered

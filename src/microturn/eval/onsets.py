@@ -4,8 +4,9 @@ A free-running score of zero (no rep counted, no cue word said) hides which of t
 (the model never decided to speak) or the text head (it spoke, but the wrong words). This check separates
 them, teacher-forced on held-out episodes: the trunk hears the real user and its own real past, and at
 every micro-turn where the corpus's assistant starts speaking (an onset), it reads
-- the gate: did its probability pass the start threshold (`gate_start_threshold`, as streaming decides)
-  in that micro-turn or the `lead` before it (the head spreads an onset's timing over its neighbours);
+- the gate: did its start probability pass the start threshold (`gate_start_threshold`, summed over the
+  `gate_start_window` as streaming decides) in that micro-turn or the `lead` before it (the head spreads
+  an onset's timing over its neighbours);
 - the text head: is its first token, pad excluded (as streaming decodes an onset), the corpus's.
 Beside them, how often the gate passes the threshold where the assistant is silent (its false starts).
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write_text
-from ..model.interaction import InteractionModel
+from ..model.interaction import InteractionModel, advance_start_window
 from ..model.tokenizer import PAD, TextTokenizer
 from ..train.dataset import CropRenderer, collate, read_conversations
 
@@ -36,7 +37,7 @@ class OnsetResult:
     gate_fires: float | None  # share of onsets where the gate passed the start threshold in time
     first_token_right: float | None  # share of onsets where the first word piece is the corpus's
     both: float | None  # both at once: what a free-running model needs
-    silent_fires: float | None  # share of silent micro-turns where the gate passed the threshold
+    silent_fires: float | None  # share of silent micro-turns (not just stopped) where it would start
     examples: list[str] = field(default_factory=list)  # "want -> got" for the first onsets
 
     def as_dict(self) -> dict:
@@ -45,6 +46,16 @@ class OnsetResult:
 
 def _share(values: list[bool]) -> float | None:
     return round(float(np.mean(values)), 3) if values else None
+
+
+def _start_probs(prob: torch.Tensor, talked: torch.Tensor, window: int) -> torch.Tensor:
+    """Streaming's start probability at each micro-turn of a teacher-forced crop [T] (`talked` [T]: the
+    corpus's assistant spoke in the micro-turn before)."""
+    recent, out = prob.new_zeros(1, window), []
+    for p, t in zip(prob, talked, strict=True):
+        recent, start = advance_start_window(recent, p[None], t[None])
+        out.append(start)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -70,9 +81,10 @@ def onset_scores(
         length = min(renderer.n_turns(i, 0) - 1, max_turns)
         batch = collate([renderer.render(i, 0, 0, length, np.random.default_rng(0))])
         hidden = model(batch)
-        prob = torch.sigmoid(model.gate(hidden)[0, :, 0])
         scores = model.text_scores(hidden, batch)
         speaking, valid = batch.speaking[0].bool(), batch.valid[0]
+        talked = torch.cat([speaking.new_zeros(1), speaking[:-1]])  # each index predicts the next turn
+        prob = _start_probs(torch.sigmoid(model.gate(hidden)[0, :, 0]), talked, cfg.gate_start_window)
         onsets = (speaking[1:] & ~speaking[:-1]).nonzero()[:, 0] + 1
         for t in onsets.tolist():
             if t < SKIP_TURNS:
@@ -86,7 +98,7 @@ def onset_scores(
             both.append(fired and want == got)
             if len(examples) < 12:
                 examples.append(f"{tokenizer.decode([want])!r} -> {tokenizer.decode([got])!r}")
-        quiet = ~speaking & valid
+        quiet = ~speaking & ~talked & valid  # where streaming would start, not go on
         quiet[:SKIP_TURNS] = False
         silent += (prob[quiet] > threshold).tolist()
     return OnsetResult(

@@ -47,6 +47,12 @@ class ModelConfig:
     # the threshold to start speaking (the session was silent in the last window); None: gate_threshold.
     # Above it, a costly barge-in into a pause needs more confidence than going on with a turn does
     gate_start_threshold: float | None = None
+    # micro-turns over which the start probability adds up: start when the probability that the
+    # assistant starts in one of the last W silent micro-turns, 1 - prod(1 - p), passes the start
+    # threshold. 1: on each micro-turn alone. A start the model spreads over a few micro-turns, no one of
+    # them sure (after a missed moment, while an answer is read in), happens with W > 1; summed over a
+    # whole user turn (no window) its backchannel chances would barge into the pauses
+    gate_start_window: int = 1
     # 0: speak when the gate's probability is above gate_threshold; > 0: speak with probability
     # sigmoid(logit / gate_temperature), drawn per session from (seed, micro-turn) like the flow noise
     gate_temperature: float = 0.0

@@ -113,6 +113,18 @@ def gate_weights(
     return weights
 
 
+def advance_start_window(
+    recent: torch.Tensor, prob: torch.Tensor, talking: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One micro-turn of the start window (`gate_start_window`): the gate's probabilities `recent` [B, W]
+    in the last silent micro-turns take this one's `prob` [B] (all cleared where the session is `talking`:
+    it counts from its first silent micro-turn); returns them and the probability of a start in any of
+    them, 1 - prod(1 - p) [B]."""
+    recent = torch.cat([recent[:, 1:], prob[:, None]], dim=1)
+    recent[talking] = 0.0
+    return recent, 1.0 - (1.0 - recent).prod(dim=1)
+
+
 def _unit_frames(frames: torch.Tensor) -> torch.Tensor:
     """Frames as floats in [0, 1] (training keeps them as bytes until the model: 4x less memory)."""
     return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
@@ -334,6 +346,7 @@ class InteractionModel(nn.Module):
                 batch_size, 3, *(2 * [cfg.video_size if cfg.video_motion else 0]), device=device
             ),
             has_frame=torch.zeros(batch_size, dtype=torch.bool, device=device),
+            recent_start_probs=torch.zeros(batch_size, cfg.gate_start_window, device=device),
         )
 
     def _advance(self, state: StreamState, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -393,15 +406,19 @@ class InteractionModel(nn.Module):
                 words.hear(new, k, self.cfg.heard_tokens)
 
     def _gate_decision(self, state: StreamState, logit: torch.Tensor, talking: torch.Tensor) -> torch.Tensor:
-        """Speak or not, per session (`talking`: it spoke in the last window): a threshold
-        (`gate_start_threshold` to start, `gate_threshold` to go on), or a draw at `gate_temperature`."""
+        """Speak or not, per session (`talking`: it spoke in the last window): go on above `gate_threshold`,
+        start when the probability of a start in the last `gate_start_window` silent micro-turns passes
+        `gate_start_threshold`; or a draw at `gate_temperature`."""
         cfg = self.cfg
-        if cfg.gate_temperature == 0:
-            start = cfg.gate_threshold if cfg.gate_start_threshold is None else cfg.gate_start_threshold
-            return torch.sigmoid(logit) > torch.where(talking, cfg.gate_threshold, start)
-        rows = range(state.batch_size)
-        uniform = [torch.rand((), generator=_session_generator(state, r, _GATE_DRAWS)) for r in rows]
-        return torch.stack(uniform).to(logit.device) < torch.sigmoid(logit / cfg.gate_temperature)
+        if cfg.gate_temperature > 0:
+            rows = range(state.batch_size)
+            uniform = [torch.rand((), generator=_session_generator(state, r, _GATE_DRAWS)) for r in rows]
+            return torch.stack(uniform).to(logit.device) < torch.sigmoid(logit / cfg.gate_temperature)
+        prob = torch.sigmoid(logit)
+        recent, start_prob = advance_start_window(state.recent_start_probs, prob, talking)
+        state.recent_start_probs.copy_(recent)  # in place: a runtime row view updates its batch
+        start = cfg.gate_threshold if cfg.gate_start_threshold is None else cfg.gate_start_threshold
+        return torch.where(talking, prob > cfg.gate_threshold, start_prob > start)
 
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
         """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""

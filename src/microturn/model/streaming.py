@@ -32,6 +32,9 @@ class StreamState:
         torch.Tensor
     )  # [B, 3, S, S] float in [0, 1]: the last video frame (cfg.video_motion; S = 0 without)
     has_frame: torch.Tensor  # [B] bool: a frame has been seen
+    # [B, gate_start_window] float: the gate's probabilities in the last silent micro-turns, newest last
+    # (0 where the session talked)
+    recent_start_probs: torch.Tensor
 
     @property
     def batch_size(self) -> int:
@@ -52,6 +55,7 @@ class StreamState:
             heard=[self.heard[i].copy() for i in index.tolist()],
             last_frame=self.last_frame[index],
             has_frame=self.has_frame[index],
+            recent_start_probs=self.recent_start_probs[index],
         )
 
     @staticmethod
@@ -70,6 +74,7 @@ class StreamState:
             heard=[words.copy() for s in states for words in s.heard],
             last_frame=torch.cat([s.last_frame for s in states]),
             has_frame=torch.cat([s.has_frame for s in states]),
+            recent_start_probs=torch.cat([s.recent_start_probs for s in states]),
         )
 
 

@@ -119,6 +119,7 @@ class BatchState:
             m.heard[one],
             m.last_frame[one],
             m.has_frame[one],
+            m.recent_start_probs[one],
         )
         voc = VocoderState([c[one] for c in self.vocoder.conv_inputs], self.vocoder.ola_tail[one])
         resampler = ResamplerState(
