@@ -15,7 +15,9 @@ import soundfile as sf
 from microturn.cli import main
 from microturn.data.build import synth_corpus
 from microturn.data.corpus import EVENT_TYPES, TIMELINE, load_conversation, load_corpus, load_manifest
+from microturn.data.delegate import delegate_events
 from microturn.data.stats import corpus_stats
+from microturn.data.synth import LATE_CONTENT_S
 from microturn.data.tts import TtsCache
 from microturn.data.voices import Voice
 
@@ -197,6 +199,19 @@ def test_renderer_fields_can_be_set_per_corpus(corpus_dir, tmp_path, tts_dir, ca
     for bad, message in (("wait_act_p=often", "wait_act_p takes a float"), ("speed=2", "KEY=VALUE")):
         assert main(["data", "synth", "--out", str(tmp_path / "x"), "--minutes", "1", "--synth", bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_late_content_comes_seconds_after_the_turn_end_and_a_wait_act_fills_it(corpus_dir, tmp_path, tts_dir):
+    out = tmp_path / "late"
+    settings = {"late_content_p": 1.0, "wait_act_p": 1.0, "wait_act_after_s": 0.15}
+    synth_corpus(out, MINUTES, SEED, "train", cache_dir=tts_dir, progress=False, overrides=settings)
+    leads = [e.detail["lead_s"] for c in load_corpus(out) for e in delegate_events(c)]
+    before = [e.detail["lead_s"] for c in load_corpus(corpus_dir) for e in delegate_events(c)]
+    # every answer's text is late now, save those that came before the user finished (lead 0)
+    assert leads and all(lead == 0.0 or LATE_CONTENT_S[0] <= lead <= LATE_CONTENT_S[1] for lead in leads)
+    assert sum(lead > 0 for lead in leads) >= len(leads) // 2 and max(before) < LATE_CONTENT_S[0]
+    acks = [e.detail["ack"] for c in load_corpus(out) for e in delegate_events(c) if e.detail["lead_s"] > 0]
+    assert all(ack is not None for ack in acks)  # the assistant says "hmm," or "one moment," meanwhile
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ SHAPES = FDB_SHAPES + PROACTIVE_SHAPES
 BACKCHANNELS = ("mm-hm", "yeah", "right", "okay", "uh-huh", "i see", "sure", "oh", "yeah yeah", "wow")
 USER_FILLERS = ("um,", "uh,", "um", "uh", "you know,", "i mean,", "like,")
 WAIT_ACTS = ("um,", "hmm,", "let me see,", "okay,", "one moment,", "so,", "well,")
+LATE_CONTENT_S = (2.0, 6.0)  # seconds from the user's turn end to late background text (`late_content_p`)
 # An assistant chat turn made only of these words is one of its own acts (greeting, acknowledgement):
 # it needs no background text.
 OWN_ACT_WORDS = frozenset(
@@ -82,6 +83,9 @@ class SynthConfig:
     early_background_p: float = 0.12  # background text arrives before the user finished
     wait_act_p: float = 0.6  # the assistant fills a wait for its content with an own act ...
     wait_act_after_s: float = 0.6  # ... when the content would start this much after its turn could
+    # share of content turns whose background text comes LATE_CONTENT_S after the user's turn end (a slow
+    # background model, a tool: the live system's delays; the default timing above is a quick one's)
+    late_content_p: float = 0.0
 
     @staticmethod
     def for_shape(shape: str) -> SynthConfig:
@@ -449,6 +453,8 @@ def render(
                 arrival = max(0, start - samples(rng.uniform(0.2, 1.0)))
             elif rng.random() < cfg.early_background_p:
                 arrival = max(prev_start, user_end - samples(rng.uniform(0.0, 0.8)))
+            elif cfg.late_content_p > 0 and rng.random() < cfg.late_content_p:  # no draw at 0: old corpora
+                arrival = user_end + samples(rng.uniform(*LATE_CONTENT_S))
             else:
                 arrival = user_end + samples(np.clip(rng.lognormal(np.log(0.6), 0.5), 0.2, 2.0))
             content_start = max(start, arrival + react)
