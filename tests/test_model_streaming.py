@@ -296,6 +296,8 @@ def test_a_start_window_adds_up_the_start_probability_of_its_silent_micro_turns(
         model.gate.bias.fill_(-1.7346)  # p = 0.15: 1 - 0.85^3 = 0.39, and the window holds no more
     state = model.new_state(2)
     assert not any(model.step(state, StepInputs(silent)).speaking.any() for _ in range(8))
+    with pytest.raises(ValueError, match="gate_start_window"):
+        replace(model.cfg, gate_start_window=0)
 
 
 def test_an_utterance_starts_with_a_word_however_unsure_the_text_head_is():

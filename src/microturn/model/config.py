@@ -66,6 +66,10 @@ class ModelConfig:
     # the text head points at this many of the user's last heard words (model/copying.py); 0: it does not
     heard_tokens: int = 0
 
+    def __post_init__(self) -> None:
+        if self.gate_start_window < 1:  # an empty window would never start: say so, not stay silent
+            raise ValueError(f"gate_start_window must be at least 1 micro-turn, got {self.gate_start_window}")
+
     @property
     def frames(self) -> int:
         """Mel frames per micro-turn (10 ms hop)."""
