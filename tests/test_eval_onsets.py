@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from test_train_dataset import fixture_tokenizer, write_corpus
@@ -30,3 +32,19 @@ def test_a_gate_that_always_or_never_fires_is_read_as_such(tmp_path, bias):
 def test_a_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         onset_scores(InteractionModel(get_config("tiny")), fixture_tokenizer(), tmp_path / "missing")
+
+
+def test_onsets_read_the_gate_over_the_start_window_as_streaming_does(tmp_path):
+    corpus = write_corpus(tmp_path / "test", "test", n=2)
+    results = {}
+    for window in (1, 3):
+        torch.manual_seed(0)
+        model = InteractionModel(
+            replace(get_config("tiny"), gate_start_window=window, gate_start_threshold=0.5)
+        )
+        with torch.no_grad():
+            model.gate.weight.zero_()
+            model.gate.bias.fill_(-1.0986)  # p = 0.25: one micro-turn alone never passes 0.5, three do
+        results[window] = onset_scores(model, fixture_tokenizer(), corpus, episodes=2)
+    assert results[1].gate_fires == 0.0 and results[1].silent_fires == 0.0
+    assert results[3].gate_fires > 0.0 and results[3].silent_fires > 0.0
