@@ -73,7 +73,6 @@ def onset_scores(
     if not conversations:
         raise FileNotFoundError(f"{corpus}: no conversations")
     cfg = model.cfg
-    threshold = cfg.gate_threshold if cfg.gate_start_threshold is None else cfg.gate_start_threshold
     renderer = CropRenderer(conversations, cfg, augment=None)
     fires, right, both, silent, examples = [], [], [], [], []
     model.eval()
@@ -84,7 +83,7 @@ def onset_scores(
         scores = model.text_scores(hidden, batch)
         speaking, valid = batch.speaking[0].bool(), batch.valid[0]
         talked = torch.cat([speaking.new_zeros(1), speaking[:-1]])  # each index predicts the next turn
-        prob = _start_probs(torch.sigmoid(model.gate(hidden)[0, :, 0]), talked, cfg.gate_start_window)
+        start_prob = _start_probs(torch.sigmoid(model.gate(hidden)[0, :, 0]), talked, cfg.gate_start_window)
         onsets = (speaking[1:] & ~speaking[:-1]).nonzero()[:, 0] + 1
         for t in onsets.tolist():
             if t < SKIP_TURNS:
@@ -92,7 +91,7 @@ def onset_scores(
             first = scores[0, t, 0].clone()
             first[PAD] = float("-inf")
             want, got = int(batch.text[0, t, 0]), int(first.argmax())
-            fired = bool((prob[max(0, t - lead) : t + 1] > threshold).any())
+            fired = bool((start_prob[max(0, t - lead) : t + 1] > cfg.start_threshold).any())
             fires.append(fired)
             right.append(want == got)
             both.append(fired and want == got)
@@ -100,7 +99,7 @@ def onset_scores(
                 examples.append(f"{tokenizer.decode([want])!r} -> {tokenizer.decode([got])!r}")
         quiet = ~speaking & ~talked & valid  # where streaming would start, not go on
         quiet[:SKIP_TURNS] = False
-        silent += (prob[quiet] > threshold).tolist()
+        silent += (start_prob[quiet] > cfg.start_threshold).tolist()
     return OnsetResult(
         str(corpus),
         len(conversations),

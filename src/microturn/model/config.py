@@ -71,6 +71,12 @@ class ModelConfig:
             raise ValueError(f"gate_start_window must be at least 1 micro-turn, got {self.gate_start_window}")
 
     @property
+    def start_threshold(self) -> float:
+        """The start probability a silent session must pass to start (`gate_start_threshold`, else
+        `gate_threshold`)."""
+        return self.gate_threshold if self.gate_start_threshold is None else self.gate_start_threshold
+
+    @property
     def frames(self) -> int:
         """Mel frames per micro-turn (10 ms hop)."""
         return self.micro_turn_ms // 10

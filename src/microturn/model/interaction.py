@@ -417,8 +417,7 @@ class InteractionModel(nn.Module):
         prob = torch.sigmoid(logit)
         recent, start_prob = advance_start_window(state.recent_start_probs, prob, talking)
         state.recent_start_probs.copy_(recent)  # in place: a runtime row view updates its batch
-        start = cfg.gate_threshold if cfg.gate_start_threshold is None else cfg.gate_start_threshold
-        return torch.where(talking, prob > cfg.gate_threshold, start_prob > start)
+        return torch.where(talking, prob > cfg.gate_threshold, start_prob > cfg.start_threshold)
 
     def _session_noise(self, state: StreamState, rows: torch.Tensor) -> torch.Tensor:
         """Flow-matching start noise per session, from (seed, micro-turn) only: batch-independent."""
