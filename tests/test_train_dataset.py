@@ -183,6 +183,26 @@ def test_tracks_put_words_at_their_micro_turns(tmp_path):
     assert emitted == [i for speaker, *_, ids in conv.words if speaker == "assistant" for i in ids]
 
 
+def test_the_wait_act_track_marks_wait_acts_only(tmp_path):
+    """The label track the wait-act gate weight reads: on where a wait act ("hmm,") is said, off for the
+    assistant's other speech."""
+    corpus = write_corpus(tmp_path / "c", n=1)
+    path = corpus / "train0" / "timeline.json"
+    timeline = json.loads(path.read_text())
+    asst = [i for i, u in enumerate(timeline["utterances"]) if u["speaker"] == "assistant"]
+    timeline["utterances"][asst[0]]["kind"] = "filler"  # its first turn taken as a wait act
+    path.write_text(json.dumps(timeline))
+    tracks = render_tracks(read_conversations(corpus, fixture_tokenizer())[0], get_config("tiny"))
+    wait, speaking = tracks["wait_act"], tracks["speaking"].astype(bool)
+    act = timeline["utterances"][asst[0]]
+    assert wait[int((act["start"] + act["end"]) / 0.4)] and not (wait & ~speaking).any()
+    later = timeline["utterances"][asst[1]]
+    assert (
+        speaking[int((later["start"] + later["end"]) / 0.4)]
+        and not wait[int(later["start"] / 0.2) + 1 :].any()
+    )
+
+
 def test_crops_have_model_shapes_and_are_reproducible(tmp_path):
     corpus = write_corpus(tmp_path / "c", n=2)
     tok = fixture_tokenizer()

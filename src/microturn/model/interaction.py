@@ -91,6 +91,7 @@ class TurnBatch:
     video: torch.Tensor | None = None  # [B, T, 3, S, S] float in [0, 1], or uint8 0-255 (the dataset's)
     video_present: torch.Tensor | None = None  # [B, T] bool
     proactive: torch.Tensor | None = None  # [B, T] bool: like `speaking`, for unprompted (proactive) words
+    wait_act: torch.Tensor | None = None  # [B, T] bool: like `speaking`, for wait acts ("hmm," "one moment,")
 
     def to(self, device: torch.device | str) -> TurnBatch:
         return TurnBatch(
@@ -99,15 +100,24 @@ class TurnBatch:
 
 
 def gate_weights(
-    speaking: torch.Tensor, proactive: torch.Tensor | None, proactive_weight: float, stop_weight: float
+    speaking: torch.Tensor,
+    proactive: torch.Tensor | None,
+    proactive_weight: float,
+    stop_weight: float,
+    wait_act: torch.Tensor | None = None,
+    wait_act_weight: float = 1.0,
 ) -> torch.Tensor:
     """Each micro-turn's weight in the gate loss [B, T]: `proactive_weight` where the assistant starts or
     stops proactive speech (video, clock and cue events: rare, and nothing a user's turn end announces),
-    `stop_weight` where it stops any other speech (yielding: rare, and what an interruption tests), 1
-    elsewhere. Ordinary starts keep weight 1: weighted, they made the gate start in the user's pauses."""
+    `stop_weight` where it stops any other speech (yielding: rare, and what an interruption tests),
+    `wait_act_weight` where it starts a wait act (the turn taken at the human gap before its answer's text
+    has come: the one start that the user's audio alone must announce), 1 elsewhere. Other starts keep
+    weight 1: weighted, they made the gate start in the user's pauses."""
     weights = torch.ones(speaking.shape, dtype=torch.float32, device=speaking.device)
     before, now = speaking[:, :-1].bool(), speaking[:, 1:].bool()
     weights[:, 1:][before & ~now] = stop_weight
+    if wait_act is not None:
+        weights[:, 1:][~before & now & wait_act[:, 1:].bool()] = wait_act_weight
     if proactive is not None:
         weights[:, 1:][(before != now) & (proactive[:, 1:] | proactive[:, :-1]).bool()] = proactive_weight
     return weights
@@ -293,6 +303,7 @@ class InteractionModel(nn.Module):
         generator: torch.Generator | None = None,
         proactive_gate_weight: float = 1.0,
         stop_gate_weight: float = 1.0,
+        wait_act_gate_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones); the gate's
         is a weighted mean (`gate_weights`)."""
@@ -302,7 +313,14 @@ class InteractionModel(nn.Module):
         text = batch.text[valid]
         text_scores = self.text_scores(hidden, batch)
         speaking = batch.speaking.float()
-        weights = gate_weights(batch.speaking, batch.proactive, proactive_gate_weight, stop_gate_weight)
+        weights = gate_weights(
+            batch.speaking,
+            batch.proactive,
+            proactive_gate_weight,
+            stop_gate_weight,
+            batch.wait_act,
+            wait_act_gate_weight,
+        )
         gate_weight = weights[valid]
         gate_loss = F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], speaking[valid], reduction="none")
         losses = {

@@ -127,10 +127,12 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
     assistant = [(s, e) for spk, _, s, e, _ in words if spk == "assistant"]
     assistant_bc = [(s, e) for spk, kind, s, e, _ in words if spk == "assistant" and kind == "backchannel"]
     assistant_pro = [(s, e) for spk, kind, s, e, _ in words if spk == "assistant" and kind == "proactive"]
+    assistant_wait = [(s, e) for spk, kind, s, e, _ in words if spk == "assistant" and kind == "filler"]
     user = _active_windows([(s, e) for spk, _, s, e, _ in words if spk == "user"], n, ts)
     speaking = _active_windows(assistant, n, ts)
     backchannel = _active_windows(assistant_bc, n, ts)
     proactive = _active_windows(assistant_pro, n, ts)
+    wait_act = _active_windows(assistant_wait, n, ts)
     floor = np.select([backchannel, speaking & user, speaking, user], [4, 3, 2, 1], default=0)
     text = render_queued_stream(
         [(int(s / ts) - 1, list(ids)) for spk, _, s, _, ids in words if spk == "assistant"], n, k
@@ -158,6 +160,7 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
         "mel_phone_frac": mel_phone_frac,
         "speaking": speaking.astype(np.int64),
         "proactive": proactive,
+        "wait_act": wait_act,
         "floor": floor.astype(np.int64),
         "text": _slots(text, k),
         "user_text": _slots(user_text, k),
@@ -273,6 +276,7 @@ class CropRenderer:
             "gap": gap,
             "speaking": speaking,
             "proactive": window("proactive", 1),
+            "wait_act": window("wait_act", 1),
             "text": window("text", 0),
             "text_copy": window("text_copy", 0),
             "mel": mel,

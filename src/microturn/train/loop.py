@@ -70,20 +70,16 @@ class TrainOptions:
     stop_after: int | None = None  # stop (as if killed) after this step's checkpoint; tests use it
     proactive_gate_weight: float = 1.0  # the gate loss's weight where proactive speech starts or stops
     stop_gate_weight: float = 1.0  # ... and where other speech stops (model.interaction.gate_weights)
+    wait_act_gate_weight: float = 1.0  # ... and where a wait act ("hmm,") starts
 
 
 class StreamLosses(nn.Module):
     """The module DDP/FSDP wrap: its forward is the model's per-stream losses."""
 
-    def __init__(
-        self, model: InteractionModel, proactive_gate_weight: float = 1.0, stop_gate_weight: float = 1.0
-    ):
+    def __init__(self, model: InteractionModel, **gate_weights: float):
         super().__init__()
         self.model = model
-        self.gate_weights = {
-            "proactive_gate_weight": proactive_gate_weight,
-            "stop_gate_weight": stop_gate_weight,
-        }
+        self.gate_weights = gate_weights  # model.losses' *_gate_weight keywords
 
     def forward(self, batch: TurnBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         # validation (eval mode) stays unweighted: its losses compare across runs
@@ -259,7 +255,16 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         else []
     )
 
-    wrapped = _wrap(StreamLosses(model, opts.proactive_gate_weight, opts.stop_gate_weight), opts, env)
+    wrapped = _wrap(
+        StreamLosses(
+            model,
+            proactive_gate_weight=opts.proactive_gate_weight,
+            stop_gate_weight=opts.stop_gate_weight,
+            wait_act_gate_weight=opts.wait_act_gate_weight,
+        ),
+        opts,
+        env,
+    )
     optimizer = _make_optimizer(wrapped, opts)
     if start:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
