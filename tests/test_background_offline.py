@@ -216,7 +216,8 @@ def test_the_harness_answers_with_the_background_models_streamed_answer(endpoint
         audio,
         [{"time": round(user_end, 3), "text": ORACLE}],
     )
-    background = SimulatedBackground(OpenAIBackend(OpenAIConfig(endpoint.url)))
+    # its TTS takes whole sentences (as `eval fdbench` gives it)
+    background = SimulatedBackground(OpenAIBackend(OpenAIConfig(endpoint.url)), WorkerConfig(opening_words=0))
     harness = CascadeHarness(background_model=background)
     try:
         run = run_fdbench(

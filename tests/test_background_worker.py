@@ -17,7 +17,7 @@ import torch
 
 from microturn.background.backends import OpenAIBackend, OpenAIConfig
 from microturn.background.tools import ClientToolBridge, ToolRegistry
-from microturn.background.worker import BackgroundWorker, WorkerConfig, split_sentences
+from microturn.background.worker import AnswerStream, BackgroundWorker, WorkerConfig, split_sentences
 from microturn.model.checkpoint import save_checkpoint
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel
@@ -156,6 +156,47 @@ def test_sentences_are_cut_at_their_ends() -> None:
     assert split_sentences("It is 42. Ask me") == (["It is 42."], "Ask me")
     assert split_sentences("Yes! Why? Line\nnext") == (["Yes!", "Why?", "Line"], "next")
     assert split_sentences("3.5 kg") == ([], "3.5 kg")  # a decimal point is no sentence end
+
+
+def stream_answer(pieces: list[str], opening_words: int = 3) -> tuple[list[str], list[str], AnswerStream]:
+    """(what was pushed, the progress events' sentences, the stream) for the backend's text pieces."""
+    pushed, progress = [], []
+    answer = AnswerStream(pushed.append, lambda status, **f: progress.append(f["text"]), opening_words)
+    for piece in pieces:
+        answer.feed(piece)
+    answer.finish()
+    return pushed, progress, answer
+
+
+def test_the_first_sentence_streams_a_few_words_at_a_time_and_the_rest_by_sentence() -> None:
+    pieces = ["Paris is the", " capital of", " France. It", " is big. It is big.", " Very"]
+    pushed, progress, answer = stream_answer(pieces)
+    # 3 complete words are needed ("the" may go on), then each piece's complete words go out
+    assert pushed == ["Paris is the capital ", "of France. ", "It is big. ", "Very "]
+    assert progress == ["Paris is the capital of France.", "It is big.", "Very"]  # the repeat dropped
+    assert answer.said() == "Paris is the capital of France. It is big. Very"
+    tokenizer = TextTokenizer.train(pieces * 30, 300)  # the pieces make the tokens the whole answer would
+    ids = tokenizer.encode_message(pushed[0]) + [i for p in pushed[1:] for i in tokenizer.encode(p)]
+    assert ids == tokenizer.encode_message(answer.said())
+    assert stream_answer(pieces, opening_words=0)[0] == [
+        "Paris is the capital of France. ",
+        "It is big. ",
+        "Very ",
+    ]
+    # a lone NONE and a time tag still being written never go out word by word
+    assert stream_answer(["NONE"])[0] == [] and stream_answer(["[1.6-2.7", " s] It is", " late", " now."])[
+        0
+    ] == [
+        "It is late ",
+        "now. ",
+    ]
+
+
+def test_a_backend_failing_after_the_opening_words_gets_no_apology_on_top() -> None:
+    pushed, progress = [], []
+    answer = AnswerStream(pushed.append, lambda status, **f: progress.append(f), 3)
+    answer.feed("The train leaves at")
+    assert answer.said() == "The train leaves" and pushed == ["The train leaves "] and progress == []
 
 
 def test_a_streamed_reply_reaches_the_session_sentence_by_sentence(engine, endpoint) -> None:

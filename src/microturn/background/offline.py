@@ -257,7 +257,7 @@ class SimulatedBackground(SimulatedHearing):
 
 def background_stats(tasks: list[dict]) -> dict:
     """Flat figures over the task records of a run: tasks started, failed and cancelled, and the latency
-    from the trigger to the first delivered sentence and to the end of the answer (median, p90), over
+    from the trigger to the first delivered text and to the end of the answer (median, p90), over
     the tasks that delivered something (the apology of a failed task counts as delivered)."""
     started = [t for t in tasks if t["status"] != "no_words"]
     first = [t["deliveries"][0]["latency_s"] for t in started if t["deliveries"]]

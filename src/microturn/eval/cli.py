@@ -7,27 +7,32 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 SYSTEMS = ("model", "harness")
 
 
-def _background_model(args: argparse.Namespace):
-    """None for `oracle`; else the real background model on the loop's simulated clock, loaded once (the
-    backend's model and Whisper warmed up, so no task's latency counts loading), shared by the systems."""
+def _background_model(args: argparse.Namespace, opening_words: int | None = None):
+    """None for `oracle`; else the real background model on the loop's simulated clock, its backend (and
+    Whisper) loaded and warmed up once, so no task's latency counts loading. `opening_words`: how the
+    answer reaches the system (`WorkerConfig.opening_words`; the harness's TTS takes whole sentences)."""
     if args.background == "oracle":
         return None
-    if getattr(args, "_background_model", None) is None:
-        from microturn.background.backends import backend_from_spec
-        from microturn.background.offline import SimulatedBackground
-        from microturn.background.worker import WorkerConfig
+    from microturn.background.backends import backend_from_spec
+    from microturn.background.offline import SimulatedBackground
+    from microturn.background.worker import WorkerConfig
 
-        backend = backend_from_spec(args.background)
-        if backend is None:
+    if getattr(args, "_backend", None) is None:
+        args._backend = backend_from_spec(args.background)
+        if args._backend is None:
             raise ValueError("--background off: use oracle, embedded or a URL")
-        args._background_model = SimulatedBackground(backend, WorkerConfig(timeout_s=args.background_timeout))
-        args._background_model.warm_up()
-    return args._background_model
+    config = WorkerConfig(timeout_s=args.background_timeout)
+    if opening_words is not None:
+        config = replace(config, opening_words=opening_words)
+    background = SimulatedBackground(args._backend, config)
+    background.warm_up()
+    return background
 
 
 def _model_factory(args: argparse.Namespace):
@@ -40,7 +45,7 @@ def _harness_factory(args: argparse.Namespace):
     from microturn.eval.harness import CascadeHarness
 
     # loads Whisper, piper and the VAD once; reset() starts each sample afresh
-    harness = CascadeHarness(background_model=_background_model(args))
+    harness = CascadeHarness(background_model=_background_model(args, opening_words=0))
     return lambda: harness
 
 

@@ -92,15 +92,15 @@ BACKGROUND_COLUMNS = [
 
 
 def background_table(labels: list[str], runs: list[BenchRun]) -> list[str]:
-    """The real background model's tasks and latencies (from a trigger to its first sentence and to the end
-    of its answer, measured), for the runs that had one."""
+    """The real background model's tasks and latencies (from a trigger to its first delivered text and to
+    the end of its answer, measured), for the runs that had one."""
     rows = [(label, run) for label, run in zip(labels, runs, strict=True) if "bg_tasks" in run.metrics]
     if not rows:
         return []
     lines = [
         "",
         "Background model: tasks started at the system's turn ends (`bg_triggers` minus those where Whisper "
-        "heard no words), and the measured latency from the trigger to the first sentence and to the "
+        "heard no words), and the measured latency from the trigger to the first delivered text and to the "
         "whole answer entering the system's background input.",
         "",
         "| system | background | " + " | ".join(t for _, t in BACKGROUND_COLUMNS) + " |",
