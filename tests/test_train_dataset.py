@@ -183,16 +183,18 @@ def test_tracks_put_words_at_their_micro_turns(tmp_path):
     assert emitted == [i for speaker, *_, ids in conv.words if speaker == "assistant" for i in ids]
 
 
-def test_the_wait_act_track_marks_wait_acts_only(tmp_path):
-    """The label track the wait-act gate weight reads: on where a wait act ("hmm,") is said, off for the
-    assistant's other speech."""
+def test_the_wait_act_and_pause_tracks_mark_wait_acts_and_user_pauses_only(tmp_path):
+    """The label tracks the wait-act and pause gate weights read: on where a wait act ("hmm,") is said,
+    off for the assistant's other speech; on through a user's pause event, off elsewhere."""
     corpus = write_corpus(tmp_path / "c", n=1)
     path = corpus / "train0" / "timeline.json"
     timeline = json.loads(path.read_text())
     asst = [i for i, u in enumerate(timeline["utterances"]) if u["speaker"] == "assistant"]
     timeline["utterances"][asst[0]]["kind"] = "filler"  # its first turn taken as a wait act
+    timeline["events"] = [{"type": "pause", "speaker": "user", "start": 0.6, "end": 1.4}]
     path.write_text(json.dumps(timeline))
     tracks = render_tracks(read_conversations(corpus, fixture_tokenizer())[0], get_config("tiny"))
+    assert np.flatnonzero(tracks["user_pause"]).tolist() == [3, 4, 5, 6]
     wait, speaking = tracks["wait_act"], tracks["speaking"].astype(bool)
     act = timeline["utterances"][asst[0]]
     assert wait[int((act["start"] + act["end"]) / 0.4)] and not (wait & ~speaking).any()

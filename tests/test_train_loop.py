@@ -118,9 +118,10 @@ def test_losses_fall_when_overfitting_a_batch(corpora):
         assert losses[k].item() < first[k], (k, first[k], losses[k].item())
 
 
-def test_gate_weights_mark_proactive_changes_wait_act_starts_and_other_stops():
+def test_gate_weights_mark_proactive_changes_wait_act_starts_pauses_and_other_stops():
     """Proactive speech's starts and stops weigh `proactive_weight`, other stops `stop_weight`, a wait
-    act's start `wait_act_weight`, the conversation's other starts (and everything else) 1."""
+    act's start `wait_act_weight`, staying quiet through a user's pause `pause_weight`, the conversation's
+    other starts (and everything else) 1."""
     speaking = torch.tensor([[0, 1, 1, 0, 0, 1, 1, 0, 0]])
     proactive = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 0, 0]], dtype=torch.bool)
     assert gate_weights(speaking, proactive, 4.0, 3.0).tolist() == [[1, 1, 1, 3, 1, 4, 1, 4, 1]]
@@ -129,6 +130,9 @@ def test_gate_weights_mark_proactive_changes_wait_act_starts_and_other_stops():
     assert gate_weights(speaking, proactive, 4.0, 3.0, wait_act, 2.0).tolist() == [
         [1, 2, 1, 3, 1, 4, 1, 4, 1]
     ]
+    pause = torch.tensor([[1, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)  # quiet through the first only
+    weights = gate_weights(speaking, proactive, 4.0, 3.0, wait_act, 2.0, pause, 5.0)
+    assert weights.tolist() == [[5, 2, 1, 3, 5, 4, 1, 4, 1]]
 
 
 def test_the_gate_loss_is_the_weighted_mean(corpora):

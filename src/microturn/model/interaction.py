@@ -92,6 +92,7 @@ class TurnBatch:
     video_present: torch.Tensor | None = None  # [B, T] bool
     proactive: torch.Tensor | None = None  # [B, T] bool: like `speaking`, for unprompted (proactive) words
     wait_act: torch.Tensor | None = None  # [B, T] bool: like `speaking`, for wait acts ("hmm," "one moment,")
+    user_pause: torch.Tensor | None = None  # [B, T] bool: the user pauses inside a turn
 
     def to(self, device: torch.device | str) -> TurnBatch:
         return TurnBatch(
@@ -106,16 +107,22 @@ def gate_weights(
     stop_weight: float,
     wait_act: torch.Tensor | None = None,
     wait_act_weight: float = 1.0,
+    user_pause: torch.Tensor | None = None,
+    pause_weight: float = 1.0,
 ) -> torch.Tensor:
     """Each micro-turn's weight in the gate loss [B, T]: `proactive_weight` where the assistant starts or
     stops proactive speech (video, clock and cue events: rare, and nothing a user's turn end announces),
     `stop_weight` where it stops any other speech (yielding: rare, and what an interruption tests),
     `wait_act_weight` where it starts a wait act (the turn taken at the human gap before its answer's text
-    has come: the one start that the user's audio alone must announce), 1 elsewhere. Other starts keep
-    weight 1: weighted, they made the gate start in the user's pauses."""
+    has come: the one start that the user's audio alone must announce), `pause_weight` where it stays
+    quiet through a user's pause (the same decision from the same kind of silence, answered no), 1
+    elsewhere. Other starts keep weight 1: weighted alone, they made the gate start in the user's
+    pauses."""
     weights = torch.ones(speaking.shape, dtype=torch.float32, device=speaking.device)
     before, now = speaking[:, :-1].bool(), speaking[:, 1:].bool()
     weights[:, 1:][before & ~now] = stop_weight
+    if user_pause is not None:
+        weights[user_pause.bool() & ~speaking.bool()] = pause_weight
     if wait_act is not None:
         weights[:, 1:][~before & now & wait_act[:, 1:].bool()] = wait_act_weight
     if proactive is not None:
@@ -304,6 +311,7 @@ class InteractionModel(nn.Module):
         proactive_gate_weight: float = 1.0,
         stop_gate_weight: float = 1.0,
         wait_act_gate_weight: float = 1.0,
+        pause_gate_weight: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """One loss per stream, averaged over valid micro-turns (mel: over valid speaking ones); the gate's
         is a weighted mean (`gate_weights`)."""
@@ -320,6 +328,8 @@ class InteractionModel(nn.Module):
             stop_gate_weight,
             batch.wait_act,
             wait_act_gate_weight,
+            batch.user_pause,
+            pause_gate_weight,
         )
         gate_weight = weights[valid]
         gate_loss = F.binary_cross_entropy_with_logits(self.gate(h)[:, 0], speaking[valid], reduction="none")

@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "proactive_gate_weight",
         "stop_gate_weight",
         "wait_act_gate_weight",
+        "pause_gate_weight",
     ):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=defaults[name])
     p.add_argument(

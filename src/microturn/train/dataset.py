@@ -55,6 +55,7 @@ class ConversationText:
     background: list[tuple[float, list[int]]]  # arrival time, token ids
     spoken: list[tuple[int, ...]]  # per word: the phone ids said (model/speech.py), from its tokens
     video: dict | None = None  # the scene spec of a video episode (data/video.py), rendered per crop
+    pauses: tuple[tuple[float, float], ...] = ()  # the user's pauses inside a turn (start, end)
 
 
 def read_conversations(
@@ -93,7 +94,10 @@ def read_conversations(
         background = [(b.time, tokenizer.encode_message(b.text)) for b in conv.background]  # one message each
         spec = conv.video["spec"] if conv.video is not None else None
         spoken = [token_phones.word(ids) for *_, ids in words]
-        out.append(ConversationText(conv.id, folder, conv.duration_s, words, background, spoken, spec))
+        pauses = tuple((e.start, e.end) for e in conv.events if e.type == "pause" and e.speaker == "user")
+        out.append(
+            ConversationText(conv.id, folder, conv.duration_s, words, background, spoken, spec, pauses)
+        )
     if not out:
         raise ValueError(f"{','.join(map(str, dirs))}: no complete conversations in the manifest")
     return out
@@ -133,6 +137,7 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
     backchannel = _active_windows(assistant_bc, n, ts)
     proactive = _active_windows(assistant_pro, n, ts)
     wait_act = _active_windows(assistant_wait, n, ts)
+    user_pause = _active_windows([(s * time_scale, e * time_scale) for s, e in conv.pauses], n, ts)
     floor = np.select([backchannel, speaking & user, speaking, user], [4, 3, 2, 1], default=0)
     text = render_queued_stream(
         [(int(s / ts) - 1, list(ids)) for spk, _, s, _, ids in words if spk == "assistant"], n, k
@@ -161,6 +166,7 @@ def render_tracks(conv: ConversationText, cfg: ModelConfig, time_scale: float = 
         "speaking": speaking.astype(np.int64),
         "proactive": proactive,
         "wait_act": wait_act,
+        "user_pause": user_pause,
         "floor": floor.astype(np.int64),
         "text": _slots(text, k),
         "user_text": _slots(user_text, k),
@@ -277,6 +283,7 @@ class CropRenderer:
             "speaking": speaking,
             "proactive": window("proactive", 1),
             "wait_act": window("wait_act", 1),
+            "user_pause": window("user_pause", 1),
             "text": window("text", 0),
             "text_copy": window("text_copy", 0),
             "mel": mel,

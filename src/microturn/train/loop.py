@@ -71,6 +71,7 @@ class TrainOptions:
     proactive_gate_weight: float = 1.0  # the gate loss's weight where proactive speech starts or stops
     stop_gate_weight: float = 1.0  # ... and where other speech stops (model.interaction.gate_weights)
     wait_act_gate_weight: float = 1.0  # ... and where a wait act ("hmm,") starts
+    pause_gate_weight: float = 1.0  # ... and where it stays quiet through a user's pause
 
 
 class StreamLosses(nn.Module):
@@ -261,6 +262,7 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             proactive_gate_weight=opts.proactive_gate_weight,
             stop_gate_weight=opts.stop_gate_weight,
             wait_act_gate_weight=opts.wait_act_gate_weight,
+            pause_gate_weight=opts.pause_gate_weight,
         ),
         opts,
         env,
