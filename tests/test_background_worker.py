@@ -168,7 +168,7 @@ def stream_answer(pieces: list[str], opening_words: int = 3) -> tuple[list[str],
     return pushed, progress, answer
 
 
-def test_the_first_sentence_streams_a_few_words_at_a_time_and_the_rest_by_sentence() -> None:
+def test_the_first_sentence_streams_word_by_word_and_the_rest_by_sentence() -> None:
     pieces = ["Paris is the", " capital of", " France. It", " is big. It is big.", " Very"]
     pushed, progress, answer = stream_answer(pieces)
     # 3 complete words are needed ("the" may go on), then each piece's complete words go out
@@ -183,13 +183,12 @@ def test_the_first_sentence_streams_a_few_words_at_a_time_and_the_rest_by_senten
         "It is big. ",
         "Very ",
     ]
-    # a lone NONE and a time tag still being written never go out word by word
-    assert stream_answer(["NONE"])[0] == [] and stream_answer(["[1.6-2.7", " s] It is", " late", " now."])[
-        0
-    ] == [
-        "It is late ",
-        "now. ",
-    ]
+    # a time tag still being written never goes out word by word, nor does a first word that may be NONE
+    tagged = ["[1.6-2.7", " s] It is", " late", " now."]
+    assert stream_answer(tagged)[0] == ["It is late ", "now. "]
+    assert stream_answer(tagged, opening_words=1)[0] == ["It ", "is ", "late ", "now. "]
+    assert stream_answer(["NO", "NE"], opening_words=1)[0] == [] and stream_answer(["NONE\n"], 1)[0] == []
+    assert stream_answer(["None of", " it."], opening_words=1)[0] == ["None of ", "it. "]
 
 
 def test_a_backend_failing_after_the_opening_words_gets_no_apology_on_top() -> None:

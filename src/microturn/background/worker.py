@@ -4,7 +4,7 @@ A task starts at every user turn end (the interaction model's own perception: it
 user_speaking going from true to false, via `observe(output)`) and whenever `request()` is called (the
 model's delegate signal, a client, a timer). A task waits for the user's last words to be transcribed, sends
 the whole conversation record to the backend, runs the tools the backend calls, and streams the answer into
-`session.push_background` as it arrives (`AnswerStream`: its first sentence a few words at a time, then
+`session.push_background` as it arrives (`AnswerStream`: its first sentence word by word, then
 sentence by sentence). A newer task supersedes (cancels) a running
 one (the conversation moved on) once it has the user's words: a turn end in which Whisper heard no words
 (a cough, noise, the floor head flickering) leaves the running answer alone. A backend that fails or
@@ -53,9 +53,9 @@ class WorkerConfig:
     max_tool_rounds: int = 3
     on_turn_end: bool = True  # start a task at every user turn end
     apology: str = "Sorry, I could not get that."
-    # the answer's first sentence reaches the session a few words at a time once this many are written;
-    # 0: sentence by sentence (`AnswerStream`)
-    opening_words: int = 3
+    # the answer's first sentence reaches the session word by word once this many are written; 0:
+    # sentence by sentence (`AnswerStream`)
+    opening_words: int = 1
     system_prompt: str = SYSTEM_PROMPT
 
 
@@ -85,11 +85,11 @@ def _is_none(text: str) -> bool:
 class AnswerStream:
     """The backend's text as it is written -> what is pushed to the session. Sentence by sentence, each
     dropped if it repeats one already delivered (small models loop) or is NONE, with the record's copied
-    time tags taken out; but the answer's first sentence, which the user is waiting for, goes out a few
-    words at a time as soon as `opening_words` of its words are written (the model reads one token per
-    micro-turn, slower than the backend writes, so waiting for the sentence end only delays it: about
-    1.3 s of SmolLM2's 2.6 s to a first sentence on the CPU). 0 keeps whole sentences (a cascade's TTS
-    wants them)."""
+    time tags taken out; but the answer's first sentence, which the user is waiting for, goes out word
+    by word once `opening_words` of its words are written (the model reads one token per micro-turn,
+    slower than the backend writes, so waiting for the sentence end only delays it: about 1.3 s of
+    SmolLM2's 2.6 s to a first sentence on the CPU, and each further word waited for costs a loaded CPU
+    0.1-0.3 s). 0 keeps whole sentences (a cascade's TTS wants them)."""
 
     def __init__(
         self,
@@ -125,6 +125,8 @@ class AnswerStream:
         if "[" in head:  # perhaps a time tag still being written
             return
         words = head[: max(head.rfind(" "), 0)]  # the complete words
+        if _is_none(words):  # perhaps the whole answer is NONE
+            return
         if len(words.split()) >= self.opening_words and len(words) > len(self.streamed):
             self.push(words[len(self.streamed) :].strip() + " ")
             self.streamed = words
