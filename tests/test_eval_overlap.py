@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from microturn.data.corpus import Conversation, Utterance
+from microturn.data.corpus import Conversation, Utterance, write_conversation, write_manifest
 from microturn.data.tts import TtsCache
 from microturn.eval.activity import active_at
 from microturn.eval.harness import CascadeHarness
-from microturn.eval.overlap import plan_scenarios, write_scenario_sample
+from microturn.eval.overlap import export_overlap, plan_scenarios, write_scenario_sample
 from microturn.eval.runner import run_fdbench
 from microturn.eval.samples import read_sample
 
@@ -89,3 +89,28 @@ def test_harness_behaviour(scenario_dir):
     assert run.metrics["v15_interrupt"] == 100.0 and run.metrics["v15_backchannel"] == 0.0
     assert run.metrics["n_overlap"] == 2
     assert json.loads((scenario_dir / "out" / "harness" / "interrupt" / "output.json").read_text())["chunks"]
+
+
+def test_export_beside_the_v1_tasks(tmp_path):
+    """The README's order: v1 task folders first, then the overlap scenarios into the same set; a second
+    export into it is refused and changes nothing."""
+    corpus = tmp_path / "corpus"
+    conv = conversation()
+    conv.user = conv.assistant = np.zeros(int(conv.duration_s * 16000), np.float32)  # as long as its turns
+    write_conversation(corpus / conv.id, conv)
+    write_manifest(corpus, [{"id": conv.id, "split": "test", "path": conv.id, "duration_s": conv.duration_s}])
+    fdbench = tmp_path / "fdbench"
+    (fdbench / "pause" / "0001").mkdir(parents=True)
+    tts = tmp_path / "tts"
+    assert export_overlap(corpus, fdbench, 1, tts_cache=tts) == 4
+    assert sorted(p.name for p in fdbench.iterdir()) == [
+        "overlap_backchannel",
+        "overlap_background_speech",
+        "overlap_interrupt",
+        "overlap_side_talk",
+        "pause",
+    ]
+    before = sorted(str(p) for p in fdbench.rglob("*"))
+    with pytest.raises(ValueError, match="already has overlap samples"):
+        export_overlap(corpus, fdbench, 1, tts_cache=tts)
+    assert sorted(str(p) for p in fdbench.rglob("*")) == before

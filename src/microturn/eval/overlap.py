@@ -220,9 +220,12 @@ def export_overlap(
     entries = [e for e in load_manifest(corpus_dir) if e["split"] in ("valid", "test")]
     if not entries:
         raise ValueError(f"{corpus_dir}: no held-out (valid or test) conversation to build scenarios from")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    # the scenario folders sit beside the v1 task folders of the same set; only they must be new
+    taken = [out_dir / f"overlap_{s}" for s in OVERLAP_SCENARIOS if (out_dir / f"overlap_{s}").exists()]
+    if any(any(folder.iterdir()) for folder in taken):
         raise ValueError(
-            f"{out_dir}: already exists and is not empty; choose a new folder (nothing was changed)"
+            f"{out_dir}: already has overlap samples ({', '.join(f.name for f in taken)}); "
+            "choose a new folder (nothing was changed)"
         )
     rng = np.random.default_rng(seed)
     tts = TtsCache(tts_cache) if tts_cache else TtsCache()
