@@ -229,7 +229,8 @@ def test_eval_scores_delivery_delay_and_talk_over() -> None:
     said = ["well", "paris", "is", "the", "capital", "of", "france"]
     words = [{"text": w, "start": 5.6 + 0.3 * i, "end": 5.85 + 0.3 * i} for i, w in enumerate(said)]
     words.insert(0, {"text": "before", "start": 1.0, "end": 1.2})  # said before the answer arrived
-    result = score_episode("ep", events, words, [(7.0, 7.5)], t0)
+    arrivals = {"bg1": t0 + 5.0}
+    result = score_episode("ep", events, arrivals, words, [(7.0, 7.5)], t0)
     first, second = result["answers"]
     assert first["overlap"] == 1.0 and first["first_word_delay_s"] == pytest.approx(0.6)
     assert first["turn_end_to_answer_s"] == 1.0
@@ -240,13 +241,19 @@ def test_eval_scores_delivery_delay_and_talk_over() -> None:
         {"task_id": "bg3", "status": "started", "time": t0 + 6.0},
         {"task_id": "bg3", "status": "progress", "text": "It is sunny.", "time": t0 + 6.9},
     ]
-    first, _, third = score_episode("ep", events + later, words, [(7.0, 7.5)], t0)["answers"]
+    both = {**arrivals, "bg3": t0 + 6.9}
+    first, _, third = score_episode("ep", events + later, both, words, [(7.0, 7.5)], t0)["answers"]
     assert first["talk_over_user_s"] == pytest.approx(0.05)  # capital (started 6.8 s)
     assert third["talk_over_user_s"] == pytest.approx(0.35)  # of, france
     summary = summarise([result], 0.5)
     assert (summary["answers"], summary["delivered"], summary["tasks_failed"]) == (1, 1.0, 1)
     # the text head meant the answer but the voice lost it: delivered in text, not in speech
-    meant = score_episode("ep", events, words, [], t0)["answers"]
-    heard = score_episode("ep", events, words[:1], [], t0)
+    meant = score_episode("ep", events, arrivals, words, [], t0)["answers"]
+    heard = score_episode("ep", events, arrivals, words[:1], [], t0)
     summary = summarise([{**heard, "answers_text": meant}], 0.5)
     assert (summary["delivered"], summary["delivered_text"]) == (0.0, 1.0)
+    # an opening streamed word by word arrives before its sentence's event: delay and delivery count from it
+    (opened, _) = score_episode("ep", events, {"bg1": t0 + 4.5}, words, [], t0)["answers"]
+    assert opened["turn_end_to_answer_s"] == 0.5 and opened["first_word_delay_s"] == pytest.approx(1.1)
+    (late, _) = score_episode("ep", events, {"bg1": t0 + 6.0}, words, [], t0)["answers"]
+    assert late["overlap"] < 1.0  # "paris" (5.9 s) said before a later arrival is not the answer's

@@ -221,6 +221,8 @@ def test_a_streamed_reply_reaches_the_session_sentence_by_sentence(engine, endpo
     assert (first["text"], second["text"]) == ("The answer is forty two.", "Ask me more.")
     # streamed: the first sentence was delivered before the endpoint sent the rest
     assert first["time"] < endpoint.sent_at[-1] - 0.3
+    # its opening reached the session no later than the sentence's event (what eval background times)
+    assert worker.first_text_at[first["task_id"]] <= first["time"]
     assert worker.events[-1]["text"] == "The answer is forty two. Ask me more."
     # what reached the model's background input (minus the tokens the engine has consumed since)
     expected = engine.tokenizer.encode("The answer is forty two. ") + engine.tokenizer.encode("Ask me more. ")

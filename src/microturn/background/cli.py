@@ -7,7 +7,7 @@ URL); the worker is started by the session's own user-turn ends, exactly as in t
 - delivered: the share of answers whose content words appear in what the model then said (its output
   audio transcribed by Whisper tiny.en: word overlap with the answer >= `--overlap`); `delivered_text` is
   the same score on the words of its text head (what it meant to say), which separates content from voice;
-- first_word_delay_s: from an answer's first sentence reaching the session to the model's first word after;
+- first_word_delay_s: from an answer's first text reaching the session to the model's first word after;
 - talk_over_user_s: seconds the model spoke while the user was speaking (the corpus's user words), from
   an answer's arrival to the next answer's (or the episode's end), so no second counts twice (target 0);
 - backend: tasks started, failed, and the time from a turn end to the first sentence.
@@ -90,8 +90,9 @@ def run_episode(
         worker.close()
     spoken = transcribe_output(chunks)
     user_spans = [(w.start, w.end) for w in conversation.words if w.speaker == "user" and w.start < max_s]
-    result = score_episode(folder.name, worker.events, spoken, user_spans, started)
-    meant = score_episode(folder.name, worker.events, words, user_spans, started)
+    arrivals = worker.first_text_at
+    result = score_episode(folder.name, worker.events, arrivals, spoken, user_spans, started)
+    meant = score_episode(folder.name, worker.events, arrivals, words, user_spans, started)
     return {**result, "answers_text": meant["answers"], "model_text_words": len(words)}
 
 
@@ -113,15 +114,19 @@ def transcribe_output(chunks: list[tuple[float, np.ndarray]]) -> list[dict]:
 
 
 def score_episode(
-    name: str, events: list[dict], words: list[dict], user_spans: list[tuple[float, float]], t0: float
+    name: str,
+    events: list[dict],
+    arrivals: dict[str, float],
+    words: list[dict],
+    user_spans: list[tuple[float, float]],
+    t0: float,
 ) -> dict:
-    """Delivery, first-word delay and talk-over for each answer of one episode (times in session seconds)."""
+    """Delivery, first-word delay and talk-over for each answer of one episode (times in session seconds).
+    `arrivals`: when each task's first text reached the session (`BackgroundWorker.first_text_at`, on the
+    events' clock), which for an opening streamed word by word is before its first sentence's event."""
     answers = []
     tasks = [e for e in events if e["status"] == "started"]
-    first_sentences = {}
-    for e in events:
-        if e["status"] == "progress" and "text" in e:
-            first_sentences.setdefault(e["task_id"], e["time"] - t0)
+    arrived = {task: at - t0 for task, at in arrivals.items()}
     for task in tasks:
         sentences = [
             e for e in events if e["task_id"] == task["task_id"] and e["status"] == "progress" and "text" in e
@@ -139,13 +144,13 @@ def score_episode(
                 {"task": task["task_id"], "status": end["status"] if end else "unfinished", "text": ""}
             )
             continue
-        arrival = first_sentences[task["task_id"]]
+        arrival = arrived[task["task_id"]]
         text = " ".join(s["text"] for s in sentences)
         said_after = [w for w in words if w["start"] >= arrival]
         answer_words = content_words(text)
         said_words = content_words(" ".join(w["text"] for w in said_after))
         overlap = len(answer_words & said_words) / max(1, len(answer_words))
-        until = min([t for t in first_sentences.values() if t > arrival], default=float("inf"))
+        until = min([t for t in arrived.values() if t > arrival], default=float("inf"))
         talk_over = sum(
             max(0.0, min(w["end"], b) - max(w["start"], a))
             for w in said_after
@@ -158,7 +163,7 @@ def score_episode(
                 "status": end["status"] if end else "unfinished",
                 "text": text,
                 "arrival_s": round(arrival, 2),
-                "turn_end_to_answer_s": round(sentences[0]["time"] - task["time"], 2),
+                "turn_end_to_answer_s": round(arrival + t0 - task["time"], 2),
                 "overlap": round(overlap, 3),
                 "first_word_delay_s": round(said_after[0]["start"] - arrival, 2) if said_after else None,
                 "talk_over_user_s": round(talk_over, 2),

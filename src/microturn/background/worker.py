@@ -258,6 +258,7 @@ class BackgroundWorker:
         self.task: asyncio.Task | None = None  # the newest task
         self._running: dict[int, asyncio.Task] = {}
         self.events: list[dict] = []  # every event so far (evaluation and tests read them)
+        self.first_text_at: dict[str, float] = {}  # task id -> when its first text reached the session
         self._count = 0
         session.input_tap = self.record.observe_input
         # Whisper's words are the model's heard-words memory too (model/copying.py): far more accurate than
@@ -302,6 +303,11 @@ class BackgroundWorker:
         if self.on_event is not None:
             self.on_event({k: v for k, v in event.items() if k != "time"})
 
+    def _push(self, task_id: str, text: str) -> None:
+        # on the events' clock: an answer's opening arrives word by word, before its first sentence's event
+        self.first_text_at.setdefault(task_id, time.monotonic())
+        self.session.push_background(text, task_id)
+
     def _start(self, reason: str, segment: Segment | None) -> None:
         self._count += 1
         number, task_id = self._count, f"bg{self._count}"
@@ -321,7 +327,7 @@ class BackgroundWorker:
                 backend=self.backend,
                 tools=self.tools,
                 config=self.config,
-                push=lambda text: self.session.push_background(text, task_id),
+                push=lambda text: self._push(task_id, text),
                 emit=lambda status, **fields: self._emit(task_id, reason, status, **fields),
                 supersede=supersede,
             )
