@@ -10,7 +10,7 @@ URL); the worker is started by the session's own user-turn ends, exactly as in t
 - first_word_delay_s: from an answer's first text reaching the session to the model's first word after;
 - talk_over_user_s: seconds the model spoke while the user was speaking (the corpus's user words), from
   an answer's arrival to the next answer's (or the episode's end), so no second counts twice (target 0);
-- backend: tasks started, failed, and the time from a turn end to the first sentence.
+- backend: tasks started, failed, and the time from a turn end to the first text.
 """
 
 from __future__ import annotations
