@@ -221,8 +221,9 @@ def export_overlap(
     if not entries:
         raise ValueError(f"{corpus_dir}: no held-out (valid or test) conversation to build scenarios from")
     # the scenario folders sit beside the v1 task folders of the same set; only they must be new
-    taken = [out_dir / f"overlap_{s}" for s in OVERLAP_SCENARIOS if (out_dir / f"overlap_{s}").exists()]
-    if any(any(folder.iterdir()) for folder in taken):
+    folders = (out_dir / f"overlap_{s}" for s in OVERLAP_SCENARIOS)
+    taken = [folder for folder in folders if folder.is_dir() and any(folder.iterdir())]
+    if taken:
         raise ValueError(
             f"{out_dir}: already has overlap samples ({', '.join(f.name for f in taken)}); "
             "choose a new folder (nothing was changed)"
