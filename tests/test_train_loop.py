@@ -24,7 +24,7 @@ from microturn.model.checkpoint import (
 )
 from microturn.model.config import get_config
 from microturn.model.interaction import InteractionModel, gate_weights
-from microturn.train.loop import STREAMS, TrainOptions, train
+from microturn.train.loop import STREAMS, TrainOptions, config_overrides, train
 from microturn.train.plot import plot_run
 
 torch.set_num_threads(1)
@@ -222,9 +222,35 @@ def test_init_copies_what_fits_and_names_what_starts_fresh(tmp_path):
     tok2, fresh = init_from_checkpoint(grown, ckpt)
     assert fresh and all(name.startswith("mel_head.blocks.1.") for name in fresh)
     assert torch.equal(grown.blocks[0].attn.qkv.weight, small_head.blocks[0].attn.qkv.weight)
+    # the grown block starts as the identity: the head renders what the checkpoint's rendered
+    x, t = torch.randn(2, 20, grown.cfg.n_mels), torch.rand(2)
+    cond = torch.randn(2, 20, grown.cfg.flow_dim)
+    assert torch.allclose(
+        grown.mel_head.velocity(x, t, cond), small_head.mel_head.velocity(x, t, cond), atol=1e-6
+    )
+    assert not torch.allclose(
+        InteractionModel(get_config("tiny", flow_layers=2)).mel_head.velocity(x, t, cond),
+        small_head.mel_head.velocity(x, t, cond),
+    )
     assert tok2.encode("thanks a lot") == tok.encode("thanks a lot") and grown.token_phones is not None
     with pytest.raises(CheckpointError, match="no transformer block fits"):
         init_from_checkpoint(InteractionModel(get_config("tiny", d_model=96)), ckpt)
+
+
+def test_model_set_grows_the_named_config(corpora, tmp_path):
+    first = train(options(corpora, tmp_path / "first", steps=1))
+    grown = train(
+        options(corpora, tmp_path / "grown", steps=1, init=str(first), model_set=("flow_layers=3",))
+    )
+    assert json.loads((grown / "config.json").read_text())["model"]["flow_layers"] == 3
+    assert config_overrides(["gate_start_threshold=0.8", "video_motion=true", "gate_start_window=3"]) == {
+        "gate_start_threshold": 0.8,
+        "video_motion": True,
+        "gate_start_window": 3,
+    }
+    for bad in ("flow_layers", "no_such_field=1", "flow_layers=four", "video_motion=maybe"):
+        with pytest.raises(ValueError, match="--model-set"):
+            config_overrides([bad])
 
 
 def test_cli_prints_params_and_rejects_bad_input(corpora, tmp_path, capsys):

@@ -146,6 +146,10 @@ def init_from_checkpoint(model: InteractionModel, path: str | Path) -> tuple[Tex
     if not any(k.startswith("blocks.") for k in fits):
         raise CheckpointError(f"{path / MODEL_FILE}: no transformer block fits this model config")
     model.load_state_dict(fits, strict=False)
+    fresh = sorted(set(own) - set(fits))
+    for name, module in model.named_modules():  # a wholly new residual block starts as the identity
+        if hasattr(module, "start_as_identity") and all(f"{name}.{k}" in fresh for k in module.state_dict()):
+            module.start_as_identity()
     tokenizer = _read_tokenizer(path, model.cfg)
     model.attach_tokenizer(tokenizer)
-    return tokenizer, sorted(set(own) - set(fits))
+    return tokenizer, fresh

@@ -151,6 +151,14 @@ class FlowBlock(nn.Module):
         self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.mlp = MLP(dim, 2 * dim, "gelu")
 
+    @torch.no_grad()
+    def start_as_identity(self) -> None:
+        """Zero both residual branches: a block added to a trained head (a grown `flow_layers`) then starts
+        as the identity, so fine-tuning begins from the trained head's output instead of a perturbed one."""
+        self.conv.weight.zero_()
+        self.conv.bias.zero_()
+        self.mlp.down.weight.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, frames, dim]. The depthwise conv (zero padding 1, the `nn.Conv1d` parameters) is three
         shifted multiply-adds on the channels-last frames: no transposes, and at one micro-turn of 20 frames

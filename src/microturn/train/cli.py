@@ -58,6 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--trainable",
         help="comma-separated parameter-name prefixes to train (e.g. mel_head,text_head); the rest is frozen",
     )
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the model config (repeatable), e.g. flow_layers=4 to grow the mel head",
+    )
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP instead of DDP (under torchrun)")
 
 
@@ -71,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.data or not args.out:
         raise ValueError("train needs --data and --out (or --print-params)")
     names = {f.name for f in fields(TrainOptions)}
-    opts = TrainOptions(**{k: v for k, v in vars(args).items() if k in names})
+    opts = TrainOptions(
+        **{k: v for k, v in vars(args).items() if k in names and k != "model_set"},
+        model_set=tuple(args.model_set),
+    )
     train(opts, resume=args.resume)
     return 0
 

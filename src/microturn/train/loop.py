@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,7 +31,7 @@ from ..model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from ..model.config import get_config
+from ..model.config import ModelConfig, get_config
 from ..model.interaction import InteractionModel, TurnBatch
 from ..model.tokenizer import TextTokenizer
 from .dataset import CropPlan, CropRenderer, CropSampler, read_conversations, validation_batches
@@ -64,6 +64,7 @@ class TrainOptions:
     tokenizer: str | None = None  # an existing tokenizer.json; default: train one on the chitchat train split
     init: str | None = None  # start from this checkpoint's weights and tokenizer (fresh optimizer, step 0)
     trainable: str | None = None  # comma-separated parameter-name prefixes to train; the rest stay frozen
+    model_set: tuple[str, ...] = ()  # "field=value" overrides of the named model config (a grown head)
     threads: int = 1
     fsdp: bool = False
     refresh_minutes: float = 0.0  # > 0: re-read the manifest this often (a growing corpus; not reproducible)
@@ -85,6 +86,29 @@ class StreamLosses(nn.Module):
     def forward(self, batch: TurnBatch, generator: torch.Generator) -> dict[str, torch.Tensor]:
         # validation (eval mode) stays unweighted: its losses compare across runs
         return self.model.losses(batch, generator, **(self.gate_weights if self.training else {}))
+
+
+def config_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, object]:
+    """["flow_layers=4", ...] -> {"flow_layers": 4}: each value parsed as its `ModelConfig` field's type."""
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    # a field whose default is None (gate_start_threshold) takes a float, or "none"
+    types = {name: float if d is None else type(d) for name, d in defaults.items()}
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"--model-set {pair!r}: expected FIELD=VALUE with FIELD one of {sorted(types)}")
+        kind = types[name]
+        try:
+            if value.lower() == "none" and defaults[name] is None:
+                out[name] = None
+                continue
+            if kind is bool and value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            out[name] = value.lower() in ("true", "1") if kind is bool else kind(value)
+        except ValueError as e:
+            raise ValueError(f"--model-set {pair!r}: {value!r} is not a {kind.__name__}") from e
+    return out
 
 
 def learning_rate(step: int, opts: TrainOptions) -> float:
@@ -211,7 +235,7 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
     torch.set_num_threads(opts.threads)
     run = Path(opts.out)
     ckpt = run / CHECKPOINT_DIR
-    cfg = get_config(opts.config)
+    cfg = get_config(opts.config, **config_overrides(opts.model_set))
     start = 0
     if resume and (resolve_checkpoint(ckpt) / "config.json").exists():
         saved = read_config(ckpt)
