@@ -235,6 +235,10 @@ def test_init_copies_what_fits_and_names_what_starts_fresh(tmp_path):
     assert tok2.encode("thanks a lot") == tok.encode("thanks a lot") and grown.token_phones is not None
     with pytest.raises(CheckpointError, match="no transformer block fits"):
         init_from_checkpoint(InteractionModel(get_config("tiny", d_model=96)), ckpt)
+    # the other way, a grown checkpoint into the smaller config, would drop trained blocks: refused
+    grown_ckpt = save_checkpoint(tmp_path / "grown", grown, tok)
+    with pytest.raises(CheckpointError, match="no place for 6 trained tensors.*model-set"):
+        init_from_checkpoint(InteractionModel(get_config("tiny", flow_layers=1)), grown_ckpt)
 
 
 def test_model_set_grows_the_named_config(corpora, tmp_path):

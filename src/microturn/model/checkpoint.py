@@ -145,6 +145,12 @@ def init_from_checkpoint(model: InteractionModel, path: str | Path) -> tuple[Tex
     fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     if not any(k.startswith("blocks.") for k in fits):
         raise CheckpointError(f"{path / MODEL_FILE}: no transformer block fits this model config")
+    if dropped := sorted(set(weights) - set(own)):  # a smaller config would silently lose trained weights
+        raise CheckpointError(
+            f"{path / MODEL_FILE}: this model config has no place for {len(dropped)} trained tensors "
+            f"({', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}): the checkpoint's config.json "
+            "says which fields to set (train --model-set FIELD=VALUE)"
+        )
     model.load_state_dict(fits, strict=False)
     fresh = sorted(set(own) - set(fits))
     for name, module in model.named_modules():  # a wholly new residual block starts as the identity
