@@ -80,6 +80,24 @@ def test_words_are_exact_labels_of_their_channel(convs, tts_dir):
     assert np.median(user_corr) > 0.9 and min(user_corr) > 0.2
 
 
+def test_assistant_words_carry_the_voices_phone_timing(convs):
+    """piper's own phone ends: rising, within the word, the last near its end (a cut word's at the cut)."""
+    timed = [(c, w) for c in convs for w in c.words if w.speaker == "assistant"]
+    assert timed and all(w.phones for _, w in timed)
+    for conv, w in timed:
+        ends = [end for _, end in w.phones]
+        assert ends == sorted(ends) and 0.0 < ends[-1] <= w.end - w.start + 1e-3, (conv.id, w)
+        if not w.truncated:
+            assert ends[-1] > w.end - w.start - 0.05, (conv.id, w)  # the end's decay may outlast it
+    # espeak-ng users give no timing
+    assert all(
+        w.phones is None
+        for c in convs
+        for w in c.words
+        if w.speaker == "user" and not c.utterances[w.utterance].voice.startswith("piper")
+    )
+
+
 def test_channels_are_silent_where_no_one_speaks(convs):
     for conv in convs:
         spoken = np.zeros(len(conv.assistant), bool)

@@ -53,6 +53,9 @@ class Word:
     end: float
     utterance: int = -1  # index into utterances; -1 when a real recording gives words only
     truncated: bool = False  # cut off mid-word (the speaker was interrupted)
+    # each espeak-ng phone symbol and its end in seconds from the word's start, where the voice gives them
+    # (piper: data/tts.py); None otherwise
+    phones: tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass
@@ -109,6 +112,10 @@ class Conversation:
             out = asdict(w)
             if not w.truncated:
                 del out["truncated"]
+            if w.phones is None:
+                del out["phones"]
+            else:
+                out["phones"] = [[p, end] for p, end in w.phones]
             return out
 
         return {
@@ -184,6 +191,23 @@ def _items(timeline: dict, key: str, path: Path) -> list[dict]:
     return items
 
 
+def _phones(value: Any, where: str, duration: float) -> tuple[tuple[str, float], ...] | None:
+    """A word's [[symbol, end_s], ...] (ends rising, within the word) or None."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], int | float)
+        for x in value
+    ):
+        raise ValueError(f"{where}: expected [[symbol, end_s], ...], got {value!r}")
+    ends = [float(end) for _, end in value]
+    if any(b < a for a, b in zip(ends, ends[1:], strict=False)) or (
+        ends and (ends[0] < 0.0 or ends[-1] > duration + 1e-3)
+    ):
+        raise ValueError(f"{where}: phone ends must rise within the word's {duration:.3f} s, got {ends}")
+    return tuple((p, end) for (p, _), end in zip(value, ends, strict=True))
+
+
 def parse_timeline(timeline: Any, path: Path, duration: float) -> tuple[list, list, list, list]:
     """Validated words, utterances, events, background of a timeline (only words are required)."""
     if not isinstance(timeline, dict) or "words" not in timeline:
@@ -225,6 +249,7 @@ def parse_timeline(timeline: Any, path: Path, duration: float) -> tuple[list, li
                 end,
                 utt,
                 bool(w.get("truncated", False)),
+                _phones(w.get("phones"), f"{where}.phones", end - start),
             )
         )
     if any(a.start > b.start for a, b in zip(words, words[1:], strict=False)):

