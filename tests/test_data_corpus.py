@@ -294,20 +294,3 @@ def test_stats_cli_prints_json_and_names_missing_corpus(corpus_dir, tmp_path, ca
     assert stats["conversations"] == len(load_manifest(corpus_dir)) and stats["hours"] > 0.03
     assert main(["data", "stats", str(tmp_path / "nowhere")]) == 2
     assert "manifest.jsonl: file not found" in capsys.readouterr().err
-
-
-def test_fit_speech_rates_writes_per_phone_frames_into_a_checkpoint(corpus_dir, tmp_path, capsys):
-    from microturn.model.checkpoint import load_checkpoint
-    from microturn.model.speech import N_PHONE_IDS, spoken_phones
-
-    ckpt = tmp_path / "ck"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "src/microturn/checkpoints/default", ckpt)
-    assert main(["fit-speech-rates", "--data", str(corpus_dir), "--checkpoint", str(ckpt), "--write"]) == 0
-    printed = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert printed["timed"] > 0.5 * printed["assistant_words"]
-    model, _, _ = load_checkpoint(ckpt)  # the config still loads, with the table
-    by_id = model.cfg.speech_phone_frames_by_id
-    assert len(by_id) == N_PHONE_IDS and min(by_id) > 0
-    vowels, stops = spoken_phones("ah oh ee"), spoken_phones("tip kit bit")
-    stops = [p for p in stops if p not in spoken_phones("ih")]
-    assert sum(by_id[p] for p in vowels) / len(vowels) > sum(by_id[p] for p in stops) / len(stops)

@@ -11,12 +11,10 @@ from microturn.model.interaction import InteractionModel
 from microturn.model.speech import (
     BOUNDARY,
     CONTEXT,
-    N_PHONE_IDS,
     NONE,
     OTHER,
     SpeechSchedule,
     TokenPhones,
-    fit_phone_frames,
     frame_condition,
     schedule_condition,
     spoken_phones,
@@ -27,7 +25,7 @@ from microturn.model.streaming import StepInputs
 from microturn.model.tokenizer import TextTokenizer
 
 TEXT = ["hello there, how is it going today?", "it's going well, thank you kindly."] * 40
-RATES = (9.7, 4.5, 6.0, ())
+RATES = (9.7, 4.5, 6.0)
 
 
 def tokenizer() -> TextTokenizer:
@@ -88,25 +86,6 @@ def test_schedule_times_words_at_the_voice_rate_and_drops_them_on_silence():
     assert schedule.word == [1] * n2 and abs(schedule.end[-1] - (total - 40)) < 1e-9
     schedule.say([], False, token_phones, RATES, window=20)
     assert schedule.phones == []
-
-
-def test_per_phone_frames_fitted_from_the_voice_time_each_phone_in_the_schedule():
-    hello = spoken_phones("hello")  # h ə l o ʊ
-    ends = (0.125, 0.25, 0.375, 0.8125, 1.0)
-    word_frames, by_id = fit_phone_frames([(32.0, hello, ends), (16.0, hello, ends), (9.0, hello, None)])
-    assert len(by_id) == N_PHONE_IDS and by_id[hello[3]] == pytest.approx(10.5)  # (14 + 7) / 2
-    assert by_id[hello[0]] == pytest.approx(3.0) and word_frames == pytest.approx(0.0)
-    assert by_id[NONE] == pytest.approx(24.0 / 5)  # never timed: the mean phone
-    with pytest.raises(ValueError, match="no word"):
-        fit_phone_frames([(9.0, hello, None)])
-    tok = tokenizer()
-    token_phones = TokenPhones.of(tok)
-    ids = tok.encode("hello")
-    assert token_phones.word(ids) == hello
-    schedule = SpeechSchedule()
-    schedule.say(ids, True, token_phones, (2.0, 4.5, 6.0, by_id), window=100)
-    durations = [e - s for s, e in zip(schedule.start, schedule.end, strict=True)]
-    assert durations == pytest.approx([by_id[p] + 2.0 / 5 for p in hello])  # the vowel is the longest
 
 
 def test_a_schedule_behind_the_text_head_squeezes_its_backlog():

@@ -62,9 +62,6 @@ class ModelConfig:
     speech_word_frames: float = 5.9
     speech_phone_frames: float = 5.6
     speech_gap_frames: float = 6.0
-    # per phone id (model/speech.py): its mean frames in the corpus voice's own timing, which replace
-    # speech_phone_frames (`microturn fit-speech-rates`); empty: every phone lasts speech_phone_frames
-    speech_phone_frames_by_id: tuple[float, ...] = ()
     user_transcript_delay: int = 2  # micro-turns: the aux transcript names user words started 400 ms ago
     # the text head points at this many of the user's last heard words (model/copying.py); 0: it does not
     heard_tokens: int = 0
@@ -85,14 +82,9 @@ class ModelConfig:
         return self.micro_turn_ms // 10
 
     @property
-    def speech_rates(self) -> tuple[float, float, float, tuple[float, ...]]:
-        """(word, phone, gap, per-phone) frames of the streaming speech schedule."""
-        return (
-            self.speech_word_frames,
-            self.speech_phone_frames,
-            self.speech_gap_frames,
-            self.speech_phone_frames_by_id,
-        )
+    def speech_rates(self) -> tuple[float, float, float]:
+        """(word, phone, gap) frames of the streaming speech schedule."""
+        return (self.speech_word_frames, self.speech_phone_frames, self.speech_gap_frames)
 
     @property
     def head_dim(self) -> int:
@@ -107,8 +99,7 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        # JSON has lists where the dataclass keeps tuples (so that configs compare equal)
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return cls(**data)
 
 
 CONFIGS: dict[str, ModelConfig] = {

@@ -137,26 +137,6 @@ def word_spans(
     )
 
 
-def fit_phone_frames(
-    words: list[tuple[float, tuple[int, ...], tuple[float, ...] | None]],
-) -> tuple[float, tuple[float, ...]]:
-    """The schedule's (word frames, per-phone frames [N_PHONE_IDS]) from timed words (duration in
-    frames, phone ids, `timed_phone_ends` or None): each phone's mean frames where the voice timed it
-    (the mean over all phones for one never timed), and the mean of what words last beyond their phones'
-    sum as the word's own frames."""
-    seen: list[list[float]] = [[] for _ in range(N_PHONE_IDS)]
-    timed = [(d, ps, ends) for d, ps, ends in words if ends is not None]
-    if not timed:
-        raise ValueError("fit_phone_frames: no word with the voice's phone timing")
-    for duration, ps, ends in timed:
-        for ph, a, b in zip(ps, (0.0, *ends[:-1]), ends, strict=True):
-            seen[ph].append(duration * (b - a))
-    overall = sum(map(sum, seen)) / sum(map(len, seen))
-    by_id = tuple(round(sum(f) / len(f), 3) if f else round(overall, 3) for f in seen)
-    rest = [d - sum(by_id[ph] for ph in ps) for d, ps, _ in timed]
-    return round(max(0.0, sum(rest) / len(rest)), 3), by_id
-
-
 @dataclass
 class SpeechSchedule:
     """One session's phones still to be said: span starts and ends in frames from the start of the next
@@ -180,7 +160,7 @@ class SpeechSchedule:
         tokens: list[int],
         speaking: bool,
         token_phones: TokenPhones | None,
-        rates: tuple[float, float, float, tuple[float, ...]],
+        rates: tuple[float, float, float],
         window: int,
     ) -> None:
         """The next window (`window` frames): its tokens are scheduled while speaking; silence (the model
@@ -192,42 +172,34 @@ class SpeechSchedule:
             self.add(tokens, token_phones, rates, window)
 
     def add(
-        self,
-        tokens: list[int],
-        token_phones: TokenPhones,
-        rates: tuple[float, float, float, tuple[float, ...]],
-        window: int,
+        self, tokens: list[int], token_phones: TokenPhones, rates: tuple[float, float, float], window: int
     ) -> None:
-        """Tokens (pads skipped) in order. A word takes word frames plus each phone's frames and starts a
-        gap after the previous one (at the window's start when nothing is playing); a token continuing a
-        word adds its phones' frames right after it. `rates` = (word, phone, gap, per-phone) frames: a
-        phone lasts per-phone[id], or `phone` without that table. The text head emits a word for the
-        window it starts in, so a word that would start after this window means the schedule runs behind
-        the model: what is still to play is squeezed to make room, and the lag never grows past a window
-        (else the backlog the gate then cuts off grows with every slow word)."""
-        word_frames, phone_frames, gap_frames, by_id = rates
+        """Tokens (pads skipped) in order. A word takes word + n * phone frames and starts a gap after the
+        previous one (at the window's start when nothing is playing); a token continuing a word adds phone
+        frames per phone right after it. `rates` = (word, phone, gap) frames. The text head emits a word
+        for the window it starts in, so a word that would start after this window means the schedule runs
+        behind the model: what is still to play is squeezed to make room, and the lag never grows past a
+        window (else the backlog the gate then cuts off grows with every slow word)."""
+        word_frames, phone_frames, gap_frames = rates
         for token in tokens:
             ps = token_phones.phones[token] if 0 < token < len(token_phones.phones) else ()
             if not ps:
                 continue
-            starts_word = not self.phones or token_phones.word_start[token]
             if not self.phones:
-                begin, w = 0.0, None
-            elif starts_word:
+                begin, per_phone, w = 0.0, phone_frames + word_frames / len(ps), None
+            elif token_phones.word_start[token]:
                 if self.end[-1] + gap_frames >= window:  # starts after this window: late, catch up
                     self._squeeze(window - 1.0 - gap_frames)
-                begin, w = self.end[-1] + gap_frames, None
+                begin, per_phone, w = self.end[-1] + gap_frames, phone_frames + word_frames / len(ps), None
             else:
-                begin, w = self.end[-1], self.word[-1]
+                begin, per_phone, w = self.end[-1], phone_frames, self.word[-1]
             if w is None:
                 w, self.next_word = self.next_word, self.next_word + 1
-            extra = word_frames / len(ps) if starts_word else 0.0  # a word's own frames, over its phones
-            for ph in ps:
+            for i, ph in enumerate(ps):
                 self.phones.append(ph)
                 self.word.append(w)
-                self.start.append(begin)
-                begin += (by_id[ph] if by_id else phone_frames) + extra
-                self.end.append(begin)
+                self.start.append(begin + i * per_phone)
+                self.end.append(begin + (i + 1) * per_phone)
 
     def _squeeze(self, until: float) -> None:
         """Map the part still to play, frames [0, end], linearly onto [0, until] (said parts stay)."""

@@ -7,7 +7,6 @@ from dataclasses import fields
 
 import torch
 
-from ..model.checkpoint import load_checkpoint
 from ..model.config import CONFIGS, get_config
 from ..model.interaction import InteractionModel
 from .loop import TrainOptions, train
@@ -94,40 +93,6 @@ def plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def fit_speech_rates(args: argparse.Namespace) -> int:
-    """Fit the streaming speech schedule's word and per-phone frames to the voice's own phone timing in
-    the corpora (model/speech.py `fit_phone_frames`); print them, and with --write put them in the
-    checkpoint's config.json."""
-    import json
-
-    from ..files import atomic_write_text
-    from ..model.checkpoint import CONFIG_FILE, read_config, resolve_checkpoint
-    from ..model.speech import fit_phone_frames
-    from .dataset import read_conversations
-
-    model, tokenizer, _ = load_checkpoint(args.checkpoint)
-    per_s = model.cfg.frames * 1000.0 / model.cfg.micro_turn_ms
-    words = [
-        ((end - start) * per_s, phones, ends)
-        for conv in read_conversations(args.data, tokenizer)
-        for (speaker, _, start, end, _), phones, ends in zip(
-            conv.words, conv.spoken, conv.phone_ends, strict=True
-        )
-        if speaker == "assistant" and phones and end > start
-    ]
-    word_frames, by_id = fit_phone_frames(words)
-    timed = sum(ends is not None for *_, ends in words)
-    fitted = {"speech_word_frames": word_frames, "speech_phone_frames_by_id": list(by_id)}
-    print(json.dumps({"assistant_words": len(words), "timed": timed, **fitted}))
-    if args.write:
-        path = resolve_checkpoint(args.checkpoint)
-        config = read_config(path)
-        config["model"].update(fitted)
-        atomic_write_text(path / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
-        print(f"wrote {path / CONFIG_FILE}")
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train the interaction model", description=__doc__)
     add_arguments(p)
@@ -136,18 +101,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run folder with metrics.jsonl")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(func=plot)
-    p = subparsers.add_parser(
-        "fit-speech-rates",
-        help="fit the speech schedule's per-phone frames to the voice's phone timing in corpora",
-        description=fit_speech_rates.__doc__,
-    )
-    p.add_argument(
-        "--data", required=True, help="corpus folder(s), comma-separated, rendered with phone timing"
-    )
-    p.add_argument(
-        "--checkpoint", required=True, help="checkpoint folder (its tokenizer; --write: its config)"
-    )
-    p.add_argument(
-        "--write", action="store_true", help="put the fitted frames in the checkpoint's config.json"
-    )
-    p.set_defaults(func=fit_speech_rates)
