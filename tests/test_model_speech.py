@@ -3,7 +3,6 @@ streaming schedule of emitted tokens, and the streaming step really uses it."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from microturn.model.config import get_config
@@ -18,7 +17,6 @@ from microturn.model.speech import (
     frame_condition,
     schedule_condition,
     spoken_phones,
-    timed_phone_ends,
     word_spans,
 )
 from microturn.model.streaming import StepInputs
@@ -41,9 +39,7 @@ def test_spoken_phones_keep_only_what_is_said():
 
 def test_word_times_give_each_frame_its_phone_and_neighbours():
     hi, yo = (10, 11), (12, 13)
-    spans = word_spans(
-        [(2.0, 6.0, hi, None), (10.0, 12.0, yo, None)]
-    )  # frames: h 2-4, i 4-6, y 10-11, o 11-12
+    spans = word_spans([(2.0, 6.0, hi), (10.0, 12.0, yo)])  # frames: h 2-4, i 4-6, y 10-11, o 11-12
     times = torch.arange(14, dtype=torch.float64)[None] + 0.5
     ids, frac = frame_condition(*spans, times)
     middle = ids[0, :, CONTEXT].tolist()
@@ -52,21 +48,6 @@ def test_word_times_give_each_frame_its_phone_and_neighbours():
     assert ids[0, 10].tolist() == [BOUNDARY, BOUNDARY, yo[0], yo[1], BOUNDARY]
     assert (ids[0, 7] == NONE).all() and frac[0, 7] == 0
     torch.testing.assert_close(frac[0, 2:6], torch.tensor([0.25, 0.75, 0.25, 0.75]))
-
-
-def test_the_voices_timing_places_each_phone_where_it_was_said():
-    hello = spoken_phones("hello")  # h ə l ˈo ʊ
-    timing = (("h", 0.04), ("ə", 0.08), ("l", 0.12), ("ˈ", 0.20), ("o", 0.26), ("ʊ", 0.30), (",", 0.32))
-    ends = timed_phone_ends(hello, timing)  # the stress mark's time goes to o, the comma's to ʊ
-    assert ends == pytest.approx((0.125, 0.25, 0.375, 0.8125, 1.0))
-    spans = word_spans([(0.0, 32.0, hello, ends)])
-    times = torch.arange(32, dtype=torch.float64)[None] + 0.5
-    middle = frame_condition(*spans, times)[0][0, :, CONTEXT].tolist()
-    assert middle == [hello[0]] * 4 + [hello[1]] * 4 + [hello[2]] * 4 + [hello[3]] * 14 + [hello[4]] * 6
-    even = frame_condition(*word_spans([(0.0, 32.0, hello, None)]), times)[0][0, :, CONTEXT].tolist()
-    assert even != middle and even.count(hello[3]) == 7  # the even spread misplaces the long vowel
-    # no timing, or not as many phones as the tokens give: spread evenly
-    assert timed_phone_ends(hello, None) is None and timed_phone_ends(hello, timing[:3]) is None
 
 
 def test_schedule_times_words_at_the_voice_rate_and_drops_them_on_silence():
@@ -132,7 +113,7 @@ def test_schedule_and_word_times_give_the_same_condition_for_the_same_timing():
         if end is not None and (begin // 20) * 20 >= end:  # the last word ended before this window began
             begin = (begin // 20) * 20  # nothing plays: the word starts with its window
         end = begin + 9.7 + 4.5 * len(phones)
-        words_timed.append((begin, end, phones, None))
+        words_timed.append((begin, end, phones))
         emitted.setdefault(int(begin // 20), []).extend(tok.encode(w))
     windows = int(end // 20) + 2
     times = torch.arange(20 * windows, dtype=torch.float64)[None] + 0.5

@@ -5,10 +5,9 @@ The head renders 20 frames per micro-turn. Told only which words *start* in the 
 frame-level alignment from the trunk, and on this CPU's training budget it never learned to (Whisper heard
 nothing it said). With a per-frame phone condition its job for a fixed voice is close to a lookup.
 
-Training reads the condition from the corpus's word times, each phone where the voice said it (the
-corpus keeps piper's phone timing, data/tts.py) or, for a word without it, the phones spread evenly over
-the word; streaming builds the same thing from a per-session `SpeechSchedule` of the tokens the text
-head emitted, timed with the corpus voice's average rate (`ModelConfig.speech_*_frames`). Both go through
+Training reads the condition from the corpus's word times, the phones of each word spread evenly over it;
+streaming builds the same thing from a per-session `SpeechSchedule` of the tokens the text head emitted,
+timed with the corpus voice's average rate (`ModelConfig.speech_*_frames`). Both go through
 `frame_condition`, so the head sees one kind of input. Phones come from espeak-ng (the one bundled with
 piper-tts, en-us), one token at a time: a token's phones are known the moment it is emitted (a word split
 over tokens is phonemised piecewise, the same way in training and streaming). Phonemes, not letters: a
@@ -98,37 +97,17 @@ def frame_condition(
     return torch.stack(ids, dim=-1), frac.float()
 
 
-def timed_phone_ends(
-    phones: tuple[int, ...], timing: tuple[tuple[str, float], ...] | None
-) -> tuple[float, ...] | None:
-    """Where each of a word's `phones` ends, as a fraction of the word, from the voice's own timing (the
-    corpus's (symbol, end_s) per espeak-ng symbol, data/tts.py); None without timing, or when the timing's
-    phones are not as many as `phones` (a word phonemised piecewise over its tokens). A dropped symbol's
-    time (a stress mark before its vowel) goes to the next phone, a trailing one's to the last."""
-    if not timing or not phones:
-        return None
-    ends = [end for symbol, end in timing if symbol not in _DROPPED]
-    total = timing[-1][1]
-    if len(ends) != len(phones) or total <= 0:
-        return None
-    return tuple(end / total for end in ends[:-1]) + (1.0,)
-
-
-def word_spans(
-    words: list[tuple[float, float, tuple[int, ...], tuple[float, ...] | None]],
-) -> tuple[torch.Tensor, ...]:
-    """(start, end, phones, phone ends) per word (frames, sorted, not overlapping; the ends as fractions
-    of the word, `timed_phone_ends`, or None) -> span tensors [1, C] for `frame_condition`: each phone
-    where the voice said it, or without timing the word's phones spread evenly over it."""
+def word_spans(words: list[tuple[float, float, tuple[int, ...]]]) -> tuple[torch.Tensor, ...]:
+    """(start, end, phones) per word (frames, sorted, not overlapping) -> span tensors [1, C] for
+    `frame_condition`: each word's phones spread evenly over the word."""
     phones, word, start, end = [], [], [], []
-    for w, (s, e, ps, ends) in enumerate(words):
+    for w, (s, e, ps) in enumerate(words):
         n = len(ps)
-        fractions = ends or tuple((i + 1) / n for i in range(n))
         for i, ph in enumerate(ps):
             phones.append(ph)
             word.append(w)
-            start.append(s + (e - s) * (fractions[i - 1] if i else 0.0))
-            end.append(s + (e - s) * fractions[i])
+            start.append(s + (e - s) * i / n)
+            end.append(s + (e - s) * (i + 1) / n)
     return (
         torch.tensor([phones], dtype=torch.long).view(1, -1),
         torch.tensor([word], dtype=torch.long).view(1, -1),

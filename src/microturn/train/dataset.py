@@ -30,7 +30,7 @@ from ..model.copying import NO_CANDIDATE, CopyPointer
 from ..model.interaction import SILENT_LOG_MEL, TurnBatch, emitted_log_mel
 from ..model.layers import resize_video
 from ..model.queues import arrival_turn, render_queued_stream
-from ..model.speech import TokenPhones, frame_condition, timed_phone_ends, word_spans
+from ..model.speech import TokenPhones, frame_condition, word_spans
 from ..model.tokenizer import PAD, TextTokenizer
 from .augment import AugmentConfig, augment_user
 
@@ -54,7 +54,6 @@ class ConversationText:
     words: list[tuple[str, str, float, float, tuple[int, ...]]]  # speaker, utterance kind, start, end, ids
     background: list[tuple[float, list[int]]]  # arrival time, token ids
     spoken: list[tuple[int, ...]]  # per word: the phone ids said (model/speech.py), from its tokens
-    phone_ends: list[tuple[float, ...] | None]  # per word: where each phone ends (speech.timed_phone_ends)
     video: dict | None = None  # the scene spec of a video episode (data/video.py), rendered per crop
     pauses: tuple[tuple[float, float], ...] = ()  # the user's pauses inside a turn (start, end)
 
@@ -95,12 +94,9 @@ def read_conversations(
         background = [(b.time, tokenizer.encode_message(b.text)) for b in conv.background]  # one message each
         spec = conv.video["spec"] if conv.video is not None else None
         spoken = [token_phones.word(ids) for *_, ids in words]
-        phone_ends = [timed_phone_ends(ps, w.phones) for ps, w in zip(spoken, conv.words, strict=True)]
         pauses = tuple((e.start, e.end) for e in conv.events if e.type == "pause" and e.speaker == "user")
         out.append(
-            ConversationText(
-                conv.id, folder, conv.duration_s, words, background, spoken, phone_ends, spec, pauses
-            )
+            ConversationText(conv.id, folder, conv.duration_s, words, background, spoken, spec, pauses)
         )
     if not out:
         raise ValueError(f"{','.join(map(str, dirs))}: no complete conversations in the manifest")
@@ -186,8 +182,8 @@ def _frame_phones(
     per_s = cfg.frames * 1000.0 / cfg.micro_turn_ms  # frames per second
     spans = word_spans(
         sorted(
-            (s * per_s, e * per_s, phones, ends)
-            for (spk, _, s, e, _), phones, ends in zip(words, conv.spoken, conv.phone_ends, strict=True)
+            (s * per_s, e * per_s, phones)
+            for (spk, _, s, e, _), phones in zip(words, conv.spoken, strict=True)
             if spk == "assistant" and phones and e > s
         )
     )
