@@ -139,7 +139,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rendering", help="intelligibility of the mel head alone (teacher-forced trunk)")
     p.add_argument("--corpus", default="corpora/valid", help="held-out corpus folder (valid or test split)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint folder (default: the embedded one)")
-    p.add_argument("--crops", type=int, default=6, help="crops of --crop-turns micro-turns")
+    # Whisper on this borderline speech turns float-rounding changes of the mel into other words: 6-8 crops
+    # (~230 words) moved by 0.05 between runs, so the default is 32 (~1,000 words, ~5 minutes)
+    p.add_argument("--crops", type=int, default=32, help="crops of --crop-turns micro-turns")
     p.add_argument("--crop-turns", type=int, default=150)
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--plot", default=None, help="PNG: the first crop's spectrograms, true and rendered")
