@@ -7,8 +7,7 @@ keyed by (voice id, text), so re-assembling a corpus with new timing costs only 
 
 The piper voice (the assistant's) also gives each unit's phone timing: its ONNX model, patched in memory
 to output the frames of every phoneme (`piper.patch_voice_with_alignment`), says when each espeak-ng
-symbol ends, which the corpus keeps with the word so that the mel head learns from where each phone
-really is, not from the word's phones spread evenly (model/speech.py).
+symbol ends, which the corpus keeps with the word (docs/corpus.md; training does not read it yet).
 """
 
 from __future__ import annotations

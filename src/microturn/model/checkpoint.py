@@ -152,10 +152,10 @@ def init_from_checkpoint(model: InteractionModel, path: str | Path) -> tuple[Tex
             "says which fields to set (train --model-set FIELD=VALUE)"
         )
     model.load_state_dict(fits, strict=False)
-    fresh = sorted(set(own) - set(fits))
+    fresh = set(own) - set(fits)
     for name, module in model.named_modules():  # a wholly new residual block starts as the identity
         if hasattr(module, "start_as_identity") and all(f"{name}.{k}" in fresh for k in module.state_dict()):
             module.start_as_identity()
     tokenizer = _read_tokenizer(path, model.cfg)
     model.attach_tokenizer(tokenizer)
-    return tokenizer, fresh
+    return tokenizer, sorted(fresh)
