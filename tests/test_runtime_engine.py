@@ -297,7 +297,7 @@ def test_bench_quick_reports_every_figure(checkpoint: Path, capsys: pytest.Captu
 
 def test_skipping_the_vocoder_in_silence_changes_nothing(models) -> None:
     def run(skip: bool) -> list[np.ndarray]:
-        engine = make_engine(models)
+        engine = make_engine(models, voice="mel")
         if not skip:
             engine.quiet_turns_needed = 10**9  # always run the vocoder
         a = engine.open_session(seed=3)

@@ -24,6 +24,7 @@ WIN = 400  # 25 ms
 N_FFT = 512
 N_MELS = 80
 LOG_FLOOR = 1e-5
+MEL_CONTEXT = N_FFT - HOP  # samples of history before a chunk that the causal log_mel reads
 # Fixed log-mel range used for dMel quantisation and for normalising mel targets. Chosen from the corpus:
 # near-silence sits at log(1e-5) = -11.5, the loudest speech frames near +2.5.
 LOG_MEL_MIN = -11.5
@@ -72,7 +73,7 @@ def log_mel(wave: torch.Tensor, history: torch.Tensor | None = None) -> torch.Te
     """
     if wave.shape[-1] % HOP:
         raise AudioError(f"log_mel needs a multiple of {HOP} samples, got {wave.shape[-1]}")
-    lead = N_FFT - HOP
+    lead = MEL_CONTEXT
     if history is None:
         history = wave.new_zeros(*wave.shape[:-1], lead)
     x = torch.cat([history, wave], dim=-1)

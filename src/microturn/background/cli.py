@@ -27,6 +27,7 @@ import numpy as np
 from microturn.background.backends import EmbeddedBackend, backend_from_spec
 from microturn.background.worker import BackgroundWorker, WorkerConfig
 from microturn.files import atomic_write_text
+from microturn.runtime.cli import add_voice_argument
 
 CHUNK = 3200
 _WORD = re.compile(r"[a-z0-9']+")
@@ -216,7 +217,7 @@ def eval_background(args: argparse.Namespace) -> int:
         backend.load()  # before the clock starts
     torch.set_num_threads(1)
     models = load_runtime(args.checkpoint)
-    engine = Engine(EngineConfig(), models.model, models.tokenizer, models.vocoder)
+    engine = Engine(EngineConfig(voice=args.voice), models.model, models.tokenizer, models.vocoder)
     engine.start()
     results = []
     try:
@@ -267,6 +268,7 @@ def add_parser(eval_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint", type=Path, default=None, help="interaction model (default: the shipped one)"
     )
+    add_voice_argument(p)
     p.add_argument("--timeout-s", type=float, default=30.0, help="a background task's time limit")
     p.add_argument(
         "--overlap", type=float, default=0.5, help="answer content words that must be said (default 0.5)"

@@ -161,6 +161,12 @@ class TtsCache:
         digest = hashlib.sha1(f"{CACHE_VERSION}\n{voice.id}\n{text}".encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.npy"
 
+    def warm_up(self, voice: Voice) -> None:
+        """Load the voice's synthesiser now (piper's ONNX session takes seconds), so that the first unit
+        missing from the cache later costs only its own synthesis."""
+        if voice.engine == "piper":
+            _piper()
+
     def unit(self, voice: Voice, text: str) -> np.ndarray:
         """float32 samples of `text` said by `voice`, silence trimmed (empty if the voice says nothing)."""
         path = self.path(voice, text)

@@ -10,6 +10,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from microturn.runtime.cli import add_voice_argument
+
 SYSTEMS = ("model", "harness")
 
 
@@ -38,7 +40,7 @@ def _background_model(args: argparse.Namespace, opening_words: int | None = None
 def _model_factory(args: argparse.Namespace):
     from microturn.runtime.model_system import model_system_factory
 
-    return model_system_factory(args.checkpoint, args.seed, _background_model(args))
+    return model_system_factory(args.checkpoint, args.seed, _background_model(args), args.voice)
 
 
 def _harness_factory(args: argparse.Namespace):
@@ -100,6 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fdb.add_argument("dir", help="folder of sample folders (input.wav + the task's annotation JSON)")
     fdb.add_argument("--system", choices=[*SYSTEMS, "both"], default="both")
     fdb.add_argument("--checkpoint", default=None, help="model checkpoint folder (default: the embedded one)")
+    add_voice_argument(fdb)
     fdb.add_argument(
         "--background",
         default="oracle",

@@ -35,6 +35,7 @@ import numpy as np
 from microturn.data import video as scenes
 from microturn.data.corpus import PROACTIVE_EVENT_TYPES, Conversation, Event, load_conversation, load_manifest
 from microturn.data.proactive import PLANNED_EPISODE_S, PROACTIVE_SHAPES, number_words
+from microturn.runtime.cli import add_voice_argument
 from microturn.runtime.system import BackgroundText, DuplexSystem, StepResult
 
 SYSTEMS = ("model", "harness")
@@ -482,7 +483,7 @@ def _factories(args: argparse.Namespace) -> dict[str, Callable[[], Callable[[], 
         if args.heard == "whisper":  # as `serve --background`: Whisper fills the memory, as late as live
             hearing = SimulatedHearing()
             hearing.warm_up()
-        return model_system_factory(args.checkpoint, args.seed, hearing)
+        return model_system_factory(args.checkpoint, args.seed, hearing, args.voice)
 
     def harness():
         from microturn.eval.harness import CascadeHarness
@@ -534,6 +535,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--system", choices=[*SYSTEMS, "both"], default="both")
     p.add_argument("--checkpoint", default=None, help="model checkpoint folder (default: the embedded one)")
+    add_voice_argument(p)
     p.add_argument("--out", default="out/proactive", help="where outputs, report.md and plots go")
     p.add_argument("--json", default=None, help="also write the metrics here")
     p.add_argument(

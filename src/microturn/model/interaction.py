@@ -14,7 +14,7 @@ out tokens) and `new_state`/`step` one micro-turn at a time for a batch of sessi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -465,10 +465,13 @@ class InteractionModel(nn.Module):
         inputs: StepInputs,
         transcribe_user: bool = False,
         flow_steps: int | None = None,
+        voice: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> StepOutput:
         """Advance every session by one micro-turn: in token, heads, out token. Mutates `state`.
         `transcribe_user` also runs the aux user-transcript head (off by default: K vocab projections);
-        `flow_steps` overrides the config's Euler steps of the mel head."""
+        `flow_steps` overrides the config's Euler steps of the mel head. `voice` (text [B, K], speaking
+        [B]) -> log-mel [B, frames, n_mels] says the emitted words itself (runtime.word_voice) in place
+        of the mel head; the model hears that log-mel as what it said."""
         cfg, b = self.cfg, state.batch_size
         if inputs.user_dmel.shape != (b, cfg.frames, cfg.n_mels):
             raise ValueError(
@@ -545,7 +548,7 @@ class InteractionModel(nn.Module):
         mel_norm = torch.full((b, cfg.frames, cfg.n_mels), -1.0)  # normalised log floor
         if teacher is not None:
             mel_norm = teacher.mel.clone()
-        elif bool(speaking.any()):
+        elif voice is None and bool(speaking.any()):
             rows = speaking.nonzero()[:, 0]
             cond = hidden[rows] + self.embed_text_slots(text[rows])
             phones, frac = schedule_condition([state.speech[r] for r in rows.tolist()], cfg.frames)
@@ -553,7 +556,10 @@ class InteractionModel(nn.Module):
             mel_norm[rows] = self.mel_head.sample(noise, cond, phones, frac, flow_steps).clamp(-1.0, 1.0)
         for schedule in state.speech:
             schedule.advance(cfg.frames)
-        mel = emitted_log_mel(mel_norm, speaking)
+        if voice is None or teacher is not None:
+            mel = emitted_log_mel(mel_norm, speaking)
+        else:
+            mel = voice(text, speaking)
 
         out_dmel = audio.dmel(mel, cfg.dmel_bins)
         state.out_token.copy_(self.embed_out(text, out_dmel, speaking.long()))  # enters the next step

@@ -42,6 +42,7 @@ class BenchPlan:
     threads: int = 1
     engines: int = 1  # engine processes for max_realtime_sessions (sessions split evenly between them)
     flow_steps: int | None = None  # Euler steps of the mel head (None: the checkpoint's)
+    voice: str = "words"  # EngineConfig.voice
     batch_invariant_sessions: int = 16
     session_counts: tuple[int, ...] = SESSION_COUNTS
 
@@ -142,6 +143,7 @@ def new_engine(
     large_batch_threads: int = 1,
     ring: StreamState | None = None,
     flow_steps: int | None = None,
+    voice: str = "words",
 ) -> tuple[Engine, Feeder]:
     """An engine with `sessions` live sessions; with `ring` (a one-session model state whose KV ring is
     full), every session starts from a copy of it, so the steps measured are steady-state ones."""
@@ -151,6 +153,7 @@ def new_engine(
         threads=threads,
         large_batch_threads=large_batch_threads,
         flow_steps=flow_steps,
+        voice=voice,
     )
     engine = Engine(config, models.model, models.tokenizer, models.vocoder)
     opened = [engine.open_session(seed=i) for i in range(sessions)]
@@ -168,9 +171,9 @@ def new_engine(
     return engine, feeder
 
 
-def full_ring(models: RuntimeModels, flow_steps: int | None = None) -> StreamState:
+def full_ring(models: RuntimeModels, flow_steps: int | None = None, voice: str = "words") -> StreamState:
     """One session's model state after enough micro-turns of the example input to fill its KV ring."""
-    engine, feeder = new_engine(models, 1, flow_steps=flow_steps)
+    engine, feeder = new_engine(models, 1, flow_steps=flow_steps, voice=voice)
     # two tokens per micro-turn, the last micro-turn's out token entering the ring with the next step
     turns = -(-(models.model.cfg.window + 1) // 2)
     run_steps(engine, feeder, turns, "filling a KV ring")
@@ -218,6 +221,7 @@ def capacity_sweep(
             large_batch_threads=large_batch_threads,
             ring=ring,
             flow_steps=plan.flow_steps,
+            voice=plan.voice,
         )
         run_steps(engine, feeder, 2, f"{n} sessions warm-up")
         batch = run_steps(engine, feeder, plan.batch_steps, f"{n} sessions")
@@ -270,7 +274,7 @@ def _engine_process(conn, checkpoint: str, int8: bool, ring: StreamState, plan: 
     models = load_runtime(checkpoint, int8=int8)
     while (job := conn.recv()) is not None:
         sessions, steps = job
-        engine, feeder = new_engine(models, sessions, ring=ring, flow_steps=plan.flow_steps)
+        engine, feeder = new_engine(models, sessions, ring=ring, flow_steps=plan.flow_steps, voice=plan.voice)
         run_steps(engine, feeder, 2, "warm-up")
         barrier.wait()
         turn = engine.turn_s
@@ -340,9 +344,9 @@ def engines_sweep(
 def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     result: dict = {}
     torch.set_num_threads(1)
-    ring = full_ring(models, plan.flow_steps)
+    ring = full_ring(models, plan.flow_steps, plan.voice)
     progress(f"single session, 1 thread, {plan.single_steps} micro-turns")
-    engine, feeder = new_engine(models, 1, ring=ring, flow_steps=plan.flow_steps)
+    engine, feeder = new_engine(models, 1, ring=ring, flow_steps=plan.flow_steps, voice=plan.voice)
     run_steps(engine, feeder, 5, "warm-up")
     single = run_steps(engine, feeder, plan.single_steps, "single session")
     result["step_ms_p50"] = ms(single.wall_ms, 0.5)
@@ -377,7 +381,7 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     costs = {}
     for invariant in (False, True):
         engine, feeder = new_engine(
-            models, n, batch_invariant=invariant, ring=ring, flow_steps=plan.flow_steps
+            models, n, batch_invariant=invariant, ring=ring, flow_steps=plan.flow_steps, voice=plan.voice
         )
         run_steps(engine, feeder, 2, "warm-up")
         costs[invariant] = ms(
@@ -397,7 +401,7 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     progress(
         f"simulated session of {plan.hour_steps} micro-turns ({plan.hour_steps * engine.turn_s / 60:.0f} min)"
     )
-    engine, feeder = new_engine(models, 1, flow_steps=plan.flow_steps)
+    engine, feeder = new_engine(models, 1, flow_steps=plan.flow_steps, voice=plan.voice)
     rss_before = rss_mb()
     hour = run_steps(engine, feeder, plan.hour_steps, "long session")
     w = min(plan.window_steps, plan.hour_steps // 2)
@@ -428,6 +432,7 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
         "threads_batched": plan.threads,
         "engines": plan.engines,
         "flow_steps": plan.flow_steps or cfg.flow_steps,
+        "voice": plan.voice,
         "budget_ms": plan.budget_ms,
         "cpus": os.cpu_count(),
         "load_average": [round(x, 2) for x in os.getloadavg()],

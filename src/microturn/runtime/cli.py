@@ -11,6 +11,17 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
+def add_voice_argument(parser: argparse.ArgumentParser) -> None:
+    """`--voice` (EngineConfig.voice) for every command that runs the model."""
+    parser.add_argument(
+        "--voice",
+        choices=("words", "mel"),
+        default="words",
+        help="what says the model's words: the corpus voice's unit for each word (words) or the learned "
+        "mel head and vocoder (mel)",
+    )
+
+
 def _load(args: argparse.Namespace):
     import torch
 
@@ -24,7 +35,9 @@ def _system(models, args: argparse.Namespace):
     from microturn.runtime.engine import EngineConfig
     from microturn.runtime.model_system import ModelSystem
 
-    return ModelSystem(models.model, models.tokenizer, models.vocoder, EngineConfig(), seed=args.seed)
+    return ModelSystem(
+        models.model, models.tokenizer, models.vocoder, EngineConfig(voice=args.voice), seed=args.seed
+    )
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -61,6 +74,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     plan.threads = args.threads
     plan.engines = args.engines if args.engines is not None else (os.cpu_count() or 1)
     plan.flow_steps = args.flow_steps
+    plan.voice = args.voice
     result = run_bench(_load(args), plan)
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
     return 0
@@ -91,6 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint folder (default: the shipped one)")
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the Linear layers")
+    add_voice_argument(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

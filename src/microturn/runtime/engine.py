@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from microturn import audio
+from microturn.data.tts import TtsCache
 from microturn.model.config import FLOOR_STATES
 from microturn.model.interaction import SILENT_LOG_MEL, InteractionModel
 from microturn.model.streaming import StepInputs, StepOutput, StreamState
@@ -38,9 +39,9 @@ from microturn.model.tokenizer import TextTokenizer
 from microturn.runtime.resample import ResamplerState, StreamingResampler
 from microturn.runtime.session import MicroTurnOutput, Session, TurnInputs
 from microturn.runtime.vocoder import Vocoder, VocoderState
+from microturn.runtime.word_voice import WordVoice, WordVoiceState
 
 OUTPUT_RATE = 24_000
-MEL_CONTEXT = audio.N_FFT - audio.HOP  # samples of history the causal log-mel needs
 
 
 @dataclass
@@ -62,6 +63,11 @@ class EngineConfig:
     # Euler steps of the flow-matching mel head; None = the checkpoint's `flow_steps`. Fewer are cheaper
     # when speaking (3 instead of the small config's 4: see BENCHMARKS.md for how close the mel stays).
     flow_steps: int | None = None
+    # what says the model's words: "words" the corpus voice's unit per emitted word (runtime/word_voice.py:
+    # intelligible), "mel" the learned mel head and the vocoder (BENCHMARKS.md has both voices' WER)
+    voice: str = "words"
+    # where the word voice keeps its units (None: data.tts's cache folder, which corpus rendering fills)
+    voice_cache: str | None = None
 
 
 @dataclass
@@ -81,8 +87,9 @@ class BatchState:
     model: StreamState
     vocoder: VocoderState
     resampler: ResamplerState
-    mel_history: torch.Tensor  # [B, MEL_CONTEXT] the last input samples (causal log-mel context)
+    mel_history: torch.Tensor  # [B, audio.MEL_CONTEXT] the last input samples (causal log-mel context)
     quiet_turns: torch.Tensor  # [B] long: micro-turns since the session last spoke
+    voice: list[WordVoiceState]  # per session: the word voice's queue (unused with the mel voice)
 
     def select(self, rows: list[int]) -> BatchState:
         voc = self.vocoder.split()
@@ -92,6 +99,7 @@ class BatchState:
             self.resampler.rows(rows),
             self.mel_history[rows],
             self.quiet_turns[rows],
+            [self.voice[r].copy() for r in rows],
         )
 
     @staticmethod
@@ -102,6 +110,7 @@ class BatchState:
             ResamplerState.cat([p.resampler for p in parts]),
             torch.cat([p.mel_history for p in parts]),
             torch.cat([p.quiet_turns for p in parts]),
+            [v.copy() for p in parts for v in p.voice],
         )
 
     def row(self, r: int) -> BatchState:
@@ -125,7 +134,9 @@ class BatchState:
         resampler = ResamplerState(
             self.resampler.history[one], self.resampler.consumed, self.resampler.emitted
         )
-        return BatchState(model, voc, resampler, self.mel_history[one], self.quiet_turns[one])
+        return BatchState(
+            model, voc, resampler, self.mel_history[one], self.quiet_turns[one], self.voice[one]
+        )
 
 
 class Engine:
@@ -143,6 +154,12 @@ class Engine:
         if cfg.frames * audio.HOP != self.chunk_samples:
             raise ValueError(f"model micro-turn {cfg.micro_turn_ms} ms is not a whole number of mel frames")
         self.upsampler = StreamingResampler(audio.SAMPLE_RATE, OUTPUT_RATE)
+        if config.voice not in ("words", "mel"):
+            raise ValueError(f"EngineConfig.voice must be 'words' or 'mel', got {config.voice!r}")
+        cache = TtsCache(config.voice_cache) if config.voice_cache else None
+        self.word_voice = WordVoice(tokenizer, self.chunk_samples, cache) if config.voice == "words" else None
+        if self.word_voice is not None:
+            self.word_voice.warm_up()
         self.quiet_turns_needed, self.silence_16k, self.silence_24k = self._silence()
         self.sessions: list[Session] = []
         self.state: BatchState | None = None
@@ -191,9 +208,15 @@ class Engine:
         """After `needed` silent micro-turns a session's vocoder state is the silence fixed point (every
         conv context and the overlap-add tail hold silence only), and each further silent micro-turn gives
         exactly `silence_16k` (and, one micro-turn later, `silence_24k` from the resampler): the step skips
-        the vocoder, then the resampler, for such sessions."""
+        the vocoder, then the resampler, for such sessions. The word voice's silence is zeros at once."""
         c = self.vocoder.config
         frames = self.model.cfg.frames
+        if self.word_voice is not None:
+            zeros, resampler = torch.zeros(1, self.chunk_samples), self.upsampler.new_state(1)
+            with torch.inference_mode():
+                for _ in range(2):
+                    wave_24k, resampler = self.upsampler.process(resampler, zeros)
+            return 0, zeros[0], wave_24k[0]
         # the last conv's context and the overlap-add tail (n_fft // hop - 1 frames) hold silence once
         # receptive_field + n_fft // hop - 1 silent frames went in (2 micro-turns with the shipped vocoder)
         needed = -(-(c.receptive_field + c.n_fft // c.hop - 1) // frames)
@@ -215,8 +238,9 @@ class Engine:
             self.vocoder.new_state(n),
             # a joining stream continues from the batch's position, as if it had been silent until now
             ResamplerState(torch.zeros(n, self.upsampler.context), consumed, emitted),
-            torch.zeros(n, MEL_CONTEXT),
+            torch.zeros(n, audio.MEL_CONTEXT),
             torch.zeros(n, dtype=torch.long),
+            [WordVoiceState() for _ in range(n)],
         )
 
     def _apply_membership(self) -> None:
@@ -240,7 +264,7 @@ class Engine:
         cfg = self.model.cfg
         samples = torch.from_numpy(np.stack([i.samples for i in inputs]))
         mel = audio.log_mel(samples, state.mel_history)
-        state.mel_history.copy_(torch.cat([state.mel_history, samples], dim=1)[:, -MEL_CONTEXT:])
+        state.mel_history.copy_(torch.cat([state.mel_history, samples], dim=1)[:, -audio.MEL_CONTEXT :])
         videos = [i.video for i in inputs]
         present = torch.tensor([v is not None for v in videos])
         video = None
@@ -257,11 +281,26 @@ class Engine:
             speaking_override=torch.tensor([i.speaking_override for i in inputs]),
             heard=[i.heard for i in inputs] if any(i.heard is not None for i in inputs) else None,
         )
-        out = self.model.step(state.model, step_inputs, flow_steps=self.config.flow_steps)
+        said: list[torch.Tensor] = []  # the word voice's samples, kept by `voice` for the output below
+
+        def voice(text: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
+            wave, mel = self.word_voice.say(state.voice, text, speaking)
+            said.append(wave)
+            return mel
+
+        out = self.model.step(
+            state.model,
+            step_inputs,
+            flow_steps=self.config.flow_steps,
+            voice=voice if self.word_voice is not None else None,
+        )
         quiet = state.quiet_turns.clone()  # silent micro-turns before this one
         state.quiet_turns.copy_(torch.where(out.speaking, 0, quiet + 1))
         speaking, needed = out.speaking, self.quiet_turns_needed
-        wave_16k = self._vocode(state, out.mel, (speaking | (quiet < needed)).nonzero()[:, 0])
+        if said:
+            wave_16k = said[0]
+        else:
+            wave_16k = self._vocode(state, out.mel, (speaking | (quiet < needed)).nonzero()[:, 0])
         wave_24k = self._upsample(state, wave_16k, (speaking | (quiet < needed + 1)).nonzero()[:, 0])
         return out, wave_16k, wave_24k
 

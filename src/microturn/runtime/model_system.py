@@ -82,7 +82,10 @@ class ModelSystem:
 
 
 def model_system_factory(
-    checkpoint: str | None, seed: int = 0, background_model: OfflineBackground | None = None
+    checkpoint: str | None,
+    seed: int = 0,
+    background_model: OfflineBackground | None = None,
+    voice: str = "words",
 ) -> Callable[[], ModelSystem]:
     """Loads the checkpoint once; each call gives a fresh `ModelSystem` on it (the evaluations' factory).
     One torch thread: the real-time budget is one core per engine, as live."""
@@ -92,7 +95,7 @@ def model_system_factory(
         models.model,
         models.tokenizer,
         models.vocoder,
-        EngineConfig(),
+        EngineConfig(voice=voice),
         seed=seed,
         background_model=background_model,
     )

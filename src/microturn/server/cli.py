@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from microturn.runtime.cli import add_voice_argument
+
 
 def load_engine(checkpoint: str | Path | None, config, int8: bool = False):
     """An engine (not started) over a runtime checkpoint (None: the one shipped in the package)."""
@@ -26,8 +28,12 @@ def serve(args: argparse.Namespace) -> int:
     api_key = resolve_api_key(args.host, args.api_key)  # refuses a non-loopback host without a key
     torch.set_num_threads(args.threads)
     engine = load_engine(
-        args.checkpoint, EngineConfig(max_sessions=args.max_sessions, threads=args.threads), int8=args.int8
+        args.checkpoint,
+        EngineConfig(max_sessions=args.max_sessions, threads=args.threads, voice=args.voice),
+        int8=args.int8,
     )
+    if engine.word_voice is not None:  # the common words' units, before a client waits on them
+        engine.word_voice.prefetch()
     config = ServerConfig(
         host=args.host,
         port=args.port,
@@ -70,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model checkpoint folder (default: the one shipped in the package)",
     )
     p.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the Linear layers")
+    add_voice_argument(p)
     p.add_argument("--api-key", default=None, help="required bearer key (default: $MICROTURN_API_KEY)")
     p.add_argument(
         "--allow-origin",

@@ -241,7 +241,7 @@ class CropRenderer:
         if key not in self.tracks:
             self.tracks[key] = render_tracks(conv, cfg, dst / src)
         tracks = self.tracks[key]
-        step, lead = cfg.frames * audio.HOP, audio.N_FFT - audio.HOP
+        step, lead = cfg.frames * audio.HOP, audio.MEL_CONTEXT
         begin, end = start * step - lead, (start + length + 1) * step  # history + one more micro-turn
         user_seg, asst_seg = (
             _speed_segment(audio.read_wav(conv.folder / name)[0], begin, end, src, dst)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from microturn.audio import (
     HOP,
     LOG_FLOOR,
+    MEL_CONTEXT,
     N_FFT,
     SAMPLE_RATE,
     WIN,
@@ -47,7 +48,7 @@ from microturn.runtime.vocoder import (
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAIN_STATE_FILE = "train_state.json"
 STFT_RESOLUTIONS = ((256, 64), (512, 128), (1024, 256))  # (n_fft, hop) at 16 kHz
-MEL_LEAD = N_FFT - HOP  # samples of history the causal log-mel needs before a crop
+MEL_LEAD = MEL_CONTEXT  # samples of history the causal log-mel needs before a crop
 # (log-mel [B, W + T, 80], target samples [B, T * HOP], phase-target frames [B, T, n_fft])
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
