@@ -87,7 +87,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(checkpoint):
-    engine = load_engine(checkpoint, EngineConfig(max_sessions=16))
+    # the mel voice: the tiny random model's text head rarely emits a sayable word, and the protocol tests
+    # read real audio in every response (the word voice is tested in test_runtime_word_voice.py)
+    engine = load_engine(checkpoint, EngineConfig(max_sessions=16, voice="mel"))
     steer(engine)
     running = start_server(engine, ServerConfig(port=0, limits=TEST_LIMITS))
     yield engine, running.port

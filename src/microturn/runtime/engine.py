@@ -1,12 +1,13 @@
 """The engine: every live session advanced together, one batched model step per micro-turn, in real time.
 
-The engine keeps one batched state for all live sessions (model KV caches, vocoder state, output resampler
-and the mel front end's history), one row per session in `self.sessions` order. Sessions join and leave
-between micro-turns: rows are appended (`concat`) or dropped (`select`) there and nowhere else.
+The engine keeps one batched state for all live sessions (model KV caches, the voice's state, output
+resampler and the mel front end's history), one row per session in `self.sessions` order. Sessions join
+and leave between micro-turns: rows are appended (`concat`) or dropped (`select`) there and nowhere else.
 
 Each micro-turn (`step_once`): every session's chunk is cut on its clock (gaps filled), the batch's log-mel
-and dMel computed, one `model.step`, one batched vocoder call (16 kHz) and one batched resampler call
-(24 kHz); then each session turns its row into a `MicroTurnOutput` and its callback runs.
+and dMel computed, one `model.step` (the word voice says the emitted words inside it; with the mel voice
+one batched vocoder call follows, 16 kHz) and one batched resampler call (24 kHz); then each session turns
+its row into a `MicroTurnOutput` and its callback runs.
 
 `start()` runs `step_once` on a thread against a monotonic deadline schedule: step k is due at
 t0 + k * 200 ms. A step that overruns does not shift the schedule: the missed deadlines are skipped (and
