@@ -143,10 +143,13 @@ class WordVoice:
             for state, tokens, talking in zip(states, text.tolist(), speaking.tolist(), strict=True)
         ]
         wave = torch.from_numpy(np.stack(rows))
-        history = torch.from_numpy(np.stack([s.history for s in states]))
-        mel = audio.log_mel(wave, history)
+        frames = self.window // audio.HOP
+        mel = torch.full((len(states), frames, audio.N_MELS), SILENT_LOG_MEL)
+        talking = speaking.nonzero()[:, 0].tolist()  # silent rows hear the log floor: no log-mel to compute
+        if talking:
+            history = torch.from_numpy(np.stack([states[r].history for r in talking]))
+            said = audio.log_mel(wave[talking], history)
+            mel[talking] = emitted_log_mel(audio.normalise_log_mel(said).clamp(-1.0, 1.0), speaking[talking])
         for state, row in zip(states, rows, strict=True):
             state.history = np.concatenate([state.history, row])[-audio.MEL_CONTEXT :]
-        if not bool(speaking.any()):
-            return wave, torch.full_like(mel, SILENT_LOG_MEL)
-        return wave, emitted_log_mel(audio.normalise_log_mel(mel).clamp(-1.0, 1.0), speaking)
+        return wave, mel
