@@ -58,8 +58,9 @@ class TurnInputs:
 
 class WordAssembler:
     """Text tokens -> words with times. Every word starts with a space-marked token; a word is complete when
-    the next one starts, when a micro-turn leaves a slot empty (the model said all it starts in that
-    window) or when the model stops speaking. Words starting in the same window share it evenly."""
+    the next one starts or when the model stops speaking: a micro-turn that leaves a slot empty may still
+    be followed by the rest of its last word (the text head pauses inside words: "sh ir", then "t"), which
+    the word voice says as one word too. Words starting in the same window share it evenly."""
 
     def __init__(self, tokenizer: TextTokenizer, turn_s: float):
         self.tokenizer, self.turn_s = tokenizer, turn_s
@@ -96,8 +97,6 @@ class WordAssembler:
             self.tokens.append(token)
         if real:
             self.end = window_end
-        if len(real) < len(tokens):  # an empty slot: nothing more starts in this window
-            done += self._flush(window_end)
         return done
 
     def finish(self) -> list[dict]:

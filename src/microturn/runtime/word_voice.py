@@ -45,14 +45,20 @@ def _sayable(text: str) -> str:
 
 @dataclass
 class WordVoiceState:
-    """One session's voice: the samples still to play, from the start of the next window, and the last
-    played samples (the causal log-mel's context)."""
+    """One session's voice: the samples still to play, from the start of the next window; the last played
+    samples (the causal log-mel's context); and the word said last (its text, its unit's length and how
+    much of it is still queued, at the queue's end), which a piece emitted in a later window continues."""
 
     queue: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     history: np.ndarray = field(default_factory=lambda: np.zeros(audio.MEL_CONTEXT, np.float32))
+    last_text: str = ""
+    last_len: int = 0
+    last_left: int = 0
 
     def copy(self) -> WordVoiceState:
-        return WordVoiceState(self.queue.copy(), self.history.copy())
+        return WordVoiceState(
+            self.queue.copy(), self.history.copy(), self.last_text, self.last_len, self.last_left
+        )
 
 
 class WordVoice:
@@ -95,9 +101,10 @@ class WordVoice:
         with self._synthesis:
             return self.cache.unit(self.voice, text)
 
-    def words(self, tokens: list[int]) -> list[str]:
-        """One micro-turn's tokens -> its words: a word starts at a space-marked token (or at the first
-        token, a word continued from the last micro-turn, said as a piece of its own)."""
+    def words(self, tokens: list[int]) -> list[tuple[str, bool]]:
+        """One micro-turn's tokens -> its words as (text, continues): a word starts at a space-marked
+        token; a first token without the mark continues the word of an earlier micro-turn (the text head
+        has 3 slots a micro-turn, and may also pause inside a word: "sh ir" then "t")."""
         groups: list[list[int]] = []
         for token in tokens:
             if token == PAD:
@@ -105,32 +112,43 @@ class WordVoice:
             if not groups or self.tokenizer.is_word_start(token):
                 groups.append([])
             groups[-1].append(token)
-        return [w for w in (_sayable(self.tokenizer.decode(g)) for g in groups) if w]
+        return [
+            (self.tokenizer.decode(g), i == 0 and not self.tokenizer.is_word_start(g[0]))
+            for i, g in enumerate(groups)
+        ]
 
     def speak(self, state: WordVoiceState, tokens: list[int], speaking: bool) -> np.ndarray:
         """The next window's samples for one session. A word starts at the window's start when nothing is
         playing, else after what is queued and the corpus's gap; when earlier words already play past this
-        window (the model emits faster than the units last) the gaps are skipped so the lag stops growing."""
+        window (the model emits faster than the units last) the gaps are skipped so the lag stops growing.
+        A piece continuing the last word replaces it: the whole word's unit goes on from as far as the
+        last one had played, so "shir" + "t" is heard as "shirt", not as two words."""
         if not speaking:
-            state.queue = np.zeros(0, np.float32)
+            state.queue, state.last_text = np.zeros(0, np.float32), ""
             return np.zeros(self.window, np.float32)
-        parts = [state.queue]
-        queued = len(state.queue)
-        behind = queued >= self.window
-        previous = None
-        for word in self.words(tokens):
-            unit = self.unit(word)
-            if queued and not behind:
-                gap = _GAP_S.get((previous or "")[-1:], _WORD_GAP_S)
-                parts.append(np.zeros(round(gap * audio.SAMPLE_RATE), np.float32))
-                queued += len(parts[-1])
-            parts.append(unit)
-            queued += len(unit)
-            previous = word
-        queue = np.concatenate(parts) if len(parts) > 1 else state.queue
+        queue = state.queue
+        behind = len(queue) >= self.window
+        for piece, continues in self.words(tokens):
+            if continues and state.last_text:
+                text = _sayable(state.last_text + piece)
+                unit = self.unit(text)
+                said = state.last_len - state.last_left
+                queue = np.concatenate([queue[: len(queue) - state.last_left], unit[said:]])
+            else:
+                text = _sayable(piece)
+                if not text:
+                    continue
+                unit = self.unit(text)
+                if len(queue) and not behind:
+                    gap = _GAP_S.get(state.last_text[-1:], _WORD_GAP_S)
+                    queue = np.concatenate([queue, np.zeros(round(gap * audio.SAMPLE_RATE), np.float32)])
+                queue = np.concatenate([queue, unit])
+                said = 0
+            state.last_text, state.last_len, state.last_left = text, len(unit), len(unit) - said
         played = np.zeros(self.window, np.float32)
         played[: min(len(queue), self.window)] = queue[: self.window]
         state.queue = queue[self.window :]
+        state.last_left = min(state.last_left, len(state.queue))
         return played
 
     def say(
