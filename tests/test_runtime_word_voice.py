@@ -146,6 +146,9 @@ def test_prefetch_fills_the_unit_cache_with_the_common_words(
     voice = WordVoice(tokenizer, WINDOW, cache)
     voice.prefetch(words=12).join(timeout=60)
     assert len(list((tmp_path / "units").rglob("*.npy"))) == 12
+    voice.prefetch(words=1000)
+    voice.close()  # stops between two units, long before the 1,000th
+    assert len(list((tmp_path / "units").rglob("*.npy"))) < 1000
     hits = cache.hits
     voice.unit.cache_clear()
     voice.unit("the")  # among the first word tokens: read from disk, not synthesised

@@ -76,6 +76,8 @@ class WordVoice:
         self.unit = lru_cache(maxsize=4096)(self._unit)
         # espeak-ng (piper's phonemiser) keeps global state: one synthesis at a time across threads
         self._synthesis = threading.Lock()
+        self._prefetching: threading.Thread | None = None
+        self._stop_prefetch = threading.Event()
 
     def warm_up(self) -> None:
         """Load the synthesiser before the first micro-turn (a real-time step cannot wait seconds)."""
@@ -84,18 +86,30 @@ class WordVoice:
     def prefetch(self, words: int = 1200) -> threading.Thread:
         """Synthesise the units of the tokenizer's first `words` whole-word tokens (its most frequent
         words, by merge order) on a background thread, so a live session rarely waits for a unit: about
-        0.1 s each on this CPU the first time, a file read after."""
+        0.1 s each on this CPU the first time, a file read after. `close()` stops it."""
         tokenizer = self.tokenizer
         ids = [i for i in range(tokenizer.vocab_size) if tokenizer.is_word_start(i)]
         texts = [w for w in (_sayable(tokenizer.decode([i])) for i in ids) if w][:words]
 
         def run() -> None:
             for text in texts:
+                if self._stop_prefetch.is_set():
+                    return
                 self.unit(text)
 
+        self._stop_prefetch.clear()
         thread = threading.Thread(target=run, name="microturn-voice-prefetch", daemon=True)
         thread.start()
+        self._prefetching = thread
         return thread
+
+    def close(self) -> None:
+        """Stop a prefetch between two units and wait for it: a thread still inside the synthesiser when
+        the interpreter exits aborts the process."""
+        self._stop_prefetch.set()
+        if self._prefetching is not None:
+            self._prefetching.join()
+            self._prefetching = None
 
     def _unit(self, text: str) -> np.ndarray:
         with self._synthesis:

@@ -56,6 +56,8 @@ def serve(args: argparse.Namespace) -> int:
         print("microturn: stopping", flush=True)
     finally:
         running.stop()
+        if engine.word_voice is not None:
+            engine.word_voice.close()
     return 0
 
 
