@@ -212,12 +212,12 @@ class Engine:
         the vocoder, then the resampler, for such sessions. The word voice's silence is zeros at once."""
         c = self.vocoder.config
         frames = self.model.cfg.frames
-        if self.word_voice is not None:
-            zeros, resampler = torch.zeros(1, self.chunk_samples), self.upsampler.new_state(1)
-            with torch.inference_mode():
-                for _ in range(2):
-                    wave_24k, resampler = self.upsampler.process(resampler, zeros)
-            return 0, zeros[0], wave_24k[0]
+        if self.word_voice is not None:  # silence in, silence out: the resampler of zeros gives zeros
+            return (
+                0,
+                torch.zeros(self.chunk_samples),
+                torch.zeros(self.chunk_samples * OUTPUT_RATE // audio.SAMPLE_RATE),
+            )
         # the last conv's context and the overlap-add tail (n_fft // hop - 1 frames) hold silence once
         # receptive_field + n_fft // hop - 1 silent frames went in (2 micro-turns with the shipped vocoder)
         needed = -(-(c.receptive_field + c.n_fft // c.hop - 1) // frames)
@@ -298,7 +298,7 @@ class Engine:
         quiet = state.quiet_turns.clone()  # silent micro-turns before this one
         state.quiet_turns.copy_(torch.where(out.speaking, 0, quiet + 1))
         speaking, needed = out.speaking, self.quiet_turns_needed
-        if said:
+        if self.word_voice is not None:
             wave_16k = said[0]
         else:
             wave_16k = self._vocode(state, out.mel, (speaking | (quiet < needed)).nonzero()[:, 0])
