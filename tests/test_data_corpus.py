@@ -17,7 +17,7 @@ from microturn.data.build import synth_corpus
 from microturn.data.corpus import EVENT_TYPES, TIMELINE, load_conversation, load_corpus, load_manifest
 from microturn.data.delegate import delegate_events
 from microturn.data.stats import corpus_stats
-from microturn.data.synth import LATE_CONTENT_S
+from microturn.data.synth import INTERRUPTION_OPENERS, LATE_CONTENT_S
 from microturn.data.tts import TtsCache
 from microturn.data.voices import Voice
 
@@ -237,6 +237,36 @@ def one_conv(corpus_dir, tmp_path) -> Path:
     folder = tmp_path / "conv"
     shutil.copytree(corpus_dir / load_manifest(corpus_dir)[0]["path"], folder)
     return folder
+
+
+def test_an_interruption_opening_with_a_backchannel_word_is_yielded_to_after_the_next_word(tmp_path, tts_dir):
+    out = tmp_path / "openers"
+    settings = {"interruption_opener_p": 1.0, "user_backchannel_p": 0.3}
+    synth_corpus(
+        out, 1.5, SEED, "train", "interruption", cache_dir=tts_dir, progress=False, overrides=settings
+    )
+    n = 0
+    for conv in load_corpus(out):
+        for e in (e for e in conv.events if e.type == "interruption"):
+            opener = next(o for o in INTERRUPTION_OPENERS if e.text.startswith(o + " "))
+            user = [w for w in conv.words if w.speaker == "user" and w.start >= e.start - 1e-4]
+            after = user[len(opener.split())]  # the first word after "yeah,"
+            stop = e.detail["assistant_stop"]
+            assert 0.2 - 1e-4 <= stop - after.start <= 0.4 + 1e-4, (conv.id, e)
+            # it talks through the opener (unless its turn had ended) and is silent from the stop on
+            heard = _span(conv.assistant, e.start, after.start)
+            ended = [u for u in conv.utterances if u.speaker == "assistant" and u.start < e.start][-1]
+            assert ended.end < after.start or _rms(heard) > 1e-3, (conv.id, e)
+            later = [u.start for u in conv.utterances if u.speaker == "assistant" and u.start > stop]
+            assert _rms(_span(conv.assistant, stop + 0.011, min(later, default=conv.duration_s))) < 1e-4
+            # no backchannel of the user's overlaps its own interruption
+            assert not [
+                u
+                for u in conv.utterances
+                if u.kind == "backchannel" and u.speaker == "user" and e.start <= u.start and u.start <= e.end
+            ], (conv.id, e)
+            n += 1
+    assert n >= 2
 
 
 def test_missing_corrupt_or_wrong_rate_wav_is_named(one_conv):

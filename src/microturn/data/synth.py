@@ -31,6 +31,9 @@ SHAPES = FDB_SHAPES + PROACTIVE_SHAPES
 BACKCHANNELS = ("mm-hm", "yeah", "right", "okay", "uh-huh", "i see", "sure", "oh", "yeah yeah", "wow")
 USER_FILLERS = ("um,", "uh,", "um", "uh", "you know,", "i mean,", "like,")
 WAIT_ACTS = ("um,", "hmm,", "let me see,", "okay,", "one moment,", "so,", "well,")
+# what an interruption may open with (`interruption_opener_p`): said alone these are backchannels, so the
+# assistant goes on through them and stops only once the words after them show the user takes the floor
+INTERRUPTION_OPENERS = ("yeah,", "right,", "okay,", "mm-hm,", "sure,", "oh,", "yeah yeah,")
 LATE_CONTENT_S = (2.0, 6.0)  # seconds from the user's turn end to late background text (`late_content_p`)
 # An assistant chat turn made only of these words is one of its own acts (greeting, acknowledgement):
 # it needs no background text.
@@ -72,6 +75,9 @@ class SynthConfig:
     assistant_backchannel_p: float = 0.55  # per eligible boundary in a user turn
     user_backchannel_p: float = 0.3  # per eligible boundary in an assistant turn
     interruption_p: float = 0.3  # per assistant content turn of >= 2.5 s followed by a user turn
+    # share of interruptions that open with a backchannel word ("yeah, but ..."): the assistant stops
+    # 0.2-0.4 s after the first word after it, not after the interruption's start
+    interruption_opener_p: float = 0.0
     side_speech_p: float = 0.1  # per user turn: the user talks to someone else first
     side_speech_during_assistant_p: float = 0.05  # per eligible boundary in an assistant turn
     long_silence_p: float = 0.05  # per turn transition: both silent 2-6 s
@@ -387,11 +393,20 @@ class _Renderer:
                 audio[len(audio) - n :] *= np.linspace(1.0, 0.0, n, dtype=np.float32)
             track.append((start, audio, owner))
         self.tracks[utt.speaker] = track
-        # listener reactions planned for after the cut no longer happen, nor do the speaker's later pauses
-        for other in self.utts:
-            if other.kind in ("backchannel", "side_speech") and other.words and other.words[0].start >= cut:
-                self.drop(other)
+        self.drop_reactions(utt.speaker, cut)
         self.events = [e for e in self.events if not (e.speaker == utt.speaker and e.end > cut)]
+
+    def drop_reactions(self, speaker: str, after: int) -> None:
+        """Listener reactions to `speaker` planned from `after` on no longer happen (it stopped, or the
+        listener takes the floor)."""
+        for other in self.utts:
+            if (
+                other.speaker != speaker
+                and other.kind in ("backchannel", "side_speech")
+                and other.words
+                and other.words[0].start >= after
+            ):
+                self.drop(other)
 
     def drop(self, utt: _Utt) -> None:
         for channel in self.tracks:
@@ -424,6 +439,7 @@ def render(
     t = samples(rng.uniform(0.3, 1.5))
     prev_end, prev_start, user_end = t, 0, None
     interrupt_at: int | None = None
+    opener, interrupted, stop_after = None, None, 0  # an interruption opening with a backchannel word
     for i, (turn, role) in enumerate(zip(turns, roles, strict=True)):
         if i == 0:
             start = t
@@ -438,19 +454,25 @@ def render(
                 start = max(start, side_end + samples(rng.uniform(0.6, 1.5)))
         if role == "user":
             force_pause = spec.shape == "pause" and i == roles.index("user")
-            utt = r.turn("user", turn.text, start, force_pause=force_pause)
+            text = turn.text if opener is None else f"{opener} {turn.text}"
+            utt = r.turn("user", text, start, force_pause=force_pause)
             if interrupt_at is not None:
+                if opener is not None and interrupted is not None:
+                    after = len(opener.split())  # the first word after the opener
+                    heard = utt.words[after].start if len(utt.words) > after else start
+                    prev_end = heard + stop_after
+                    r.truncate(interrupted, prev_end)
                 r.events.append(
                     Event(
                         "interruption",
                         "user",
                         start,
                         utt.words[-1].end if utt.words else start,
-                        turn.text,
+                        text,
                         {"assistant_stop": seconds(prev_end)},
                     )
                 )
-                interrupt_at = None
+                interrupt_at, opener, interrupted = None, None, None
             prev_start, prev_end = start, (utt.words[-1].end if utt.words else start)
             user_end = prev_end
             continue
@@ -494,9 +516,13 @@ def render(
             lo, hi = (3.0, 7.0) if spec.shape == "interruption" else (1.0, 6.0)
             latest = (end - start) / SAMPLE_RATE - 0.8
             interrupt_at = start + samples(rng.uniform(min(lo, latest), min(hi, latest)))
-            cut = interrupt_at + samples(rng.uniform(0.2, 0.4))
-            r.truncate(utt, cut)
-            end = cut
+            stop_after = samples(rng.uniform(0.2, 0.4))
+            if cfg.interruption_opener_p > 0 and rng.random() < cfg.interruption_opener_p:  # no draw at 0
+                opener, interrupted = str(rng.choice(INTERRUPTION_OPENERS)), utt  # cut once it is said
+                r.drop_reactions("assistant", interrupt_at)
+            else:
+                end = interrupt_at + stop_after
+                r.truncate(utt, end)
         prev_start, prev_end = start, end
     return _finish(r, spec, chats, prev_end)
 
