@@ -216,7 +216,7 @@ def test_the_users_words_are_transcribed_from_the_audio_the_model_heard(
 
 
 def test_eval_scores_delivery_delay_and_talk_over() -> None:
-    from microturn.background.cli import score_episode, summarise
+    from microturn.background.cli import score_episode, summarise, talk_over_frames
 
     t0 = 100.0
     events = [
@@ -227,33 +227,40 @@ def test_eval_scores_delivery_delay_and_talk_over() -> None:
         {"task_id": "bg2", "status": "failed", "time": t0 + 9.5},
     ]
     said = ["well", "paris", "is", "the", "capital", "of", "france"]
-    words = [{"text": w, "start": 5.6 + 0.3 * i, "end": 5.85 + 0.3 * i} for i, w in enumerate(said)]
+    words = [{"text": w, "start": 5.6 + 0.3 * i, "end": 5.8 + 0.3 * i} for i, w in enumerate(said)]
     words.insert(0, {"text": "before", "start": 1.0, "end": 1.2})  # said before the answer arrived
+    # the output audio: a tone where each word sounds, silence between
+    output = np.zeros(16_000 * 9, np.float32)
+    for w in words:
+        span = slice(int(w["start"] * 16_000), int(w["end"] * 16_000))
+        output[span] = 0.1 * np.sin(np.arange(span.stop - span.start) * 0.2)
+    over = talk_over_frames(output, [(7.0, 7.5)])  # the user speaks from 7.0 to 7.5 s
     arrivals = {"bg1": t0 + 5.0}
-    result = score_episode("ep", events, arrivals, words, [(7.0, 7.5)], t0)
+    result = score_episode("ep", events, arrivals, words, over, t0)
     first, second = result["answers"]
     assert first["overlap"] == 1.0 and first["first_word_delay_s"] == pytest.approx(0.6)
     assert first["turn_end_to_answer_s"] == 1.0
-    assert first["talk_over_user_s"] == pytest.approx(0.4)  # capital 0.05 + of 0.25 + france 0.1 s
+    assert first["talk_over_user_s"] == pytest.approx(0.3)  # "of" 7.1-7.3 and "france" 7.4-7.5 s
     assert second == {"task": "bg2", "status": "failed", "text": ""}
-    # another answer arriving at 6.9 s: words started from then on are its talk-over, not the first's too
+    # another answer arriving at 7.2 s: talk-over from then on is its own, not the first's too
     later = [
         {"task_id": "bg3", "status": "started", "time": t0 + 6.0},
-        {"task_id": "bg3", "status": "progress", "text": "It is sunny.", "time": t0 + 6.9},
+        {"task_id": "bg3", "status": "progress", "text": "It is sunny.", "time": t0 + 7.2},
     ]
-    both = {**arrivals, "bg3": t0 + 6.9}
-    first, _, third = score_episode("ep", events + later, both, words, [(7.0, 7.5)], t0)["answers"]
-    assert first["talk_over_user_s"] == pytest.approx(0.05)  # capital (started 6.8 s)
-    assert third["talk_over_user_s"] == pytest.approx(0.35)  # of, france
+    both = {**arrivals, "bg3": t0 + 7.2}
+    first, _, third = score_episode("ep", events + later, both, words, over, t0)["answers"]
+    assert first["talk_over_user_s"] == pytest.approx(0.1)  # "of" until 7.2 s
+    assert third["talk_over_user_s"] == pytest.approx(0.2)  # the rest of "of", "france"
+    none = np.zeros_like(over)
     summary = summarise([result], 0.5)
     assert (summary["answers"], summary["delivered"], summary["tasks_failed"]) == (1, 1.0, 1)
     # the text head meant the answer but the voice lost it: delivered in text, not in speech
-    meant = score_episode("ep", events, arrivals, words, [], t0)["answers"]
-    heard = score_episode("ep", events, arrivals, words[:1], [], t0)
+    meant = score_episode("ep", events, arrivals, words, none, t0)["answers"]
+    heard = score_episode("ep", events, arrivals, words[:1], none, t0)
     summary = summarise([{**heard, "answers_text": meant}], 0.5)
     assert (summary["delivered"], summary["delivered_text"]) == (0.0, 1.0)
     # an opening streamed word by word arrives before its sentence's event: delay and delivery count from it
-    (opened, _) = score_episode("ep", events, {"bg1": t0 + 4.5}, words, [], t0)["answers"]
+    (opened, _) = score_episode("ep", events, {"bg1": t0 + 4.5}, words, none, t0)["answers"]
     assert opened["turn_end_to_answer_s"] == 0.5 and opened["first_word_delay_s"] == pytest.approx(1.1)
-    (late, _) = score_episode("ep", events, {"bg1": t0 + 6.0}, words, [], t0)["answers"]
+    (late, _) = score_episode("ep", events, {"bg1": t0 + 6.0}, words, none, t0)["answers"]
     assert late["overlap"] < 1.0  # "paris" (5.9 s) said before a later arrival is not the answer's

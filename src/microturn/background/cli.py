@@ -8,8 +8,11 @@ URL); the worker is started by the session's own user-turn ends, exactly as in t
   audio transcribed by Whisper tiny.en: word overlap with the answer >= `--overlap`); `delivered_text` is
   the same score on the words of its text head (what it meant to say), which separates content from voice;
 - first_word_delay_s: from an answer's first text reaching the session to the model's first word after;
-- talk_over_user_s: seconds the model spoke while the user was speaking (the corpus's user words), from
-  an answer's arrival to the next answer's (or the episode's end), so no second counts twice (target 0);
+- talk_over_user_s: seconds the model's output was audible while the user was speaking (the corpus's
+  user words), from an answer's arrival to the next answer's (or the episode's end), so no second counts
+  twice (target 0). Read from the output audio itself (20 ms frames above -40 dBFS, `eval.activity`), not
+  from Whisper's word timestamps, which on a whole recording can place a word seconds from where it
+  sounded;
 - backend: tasks started, failed, and the time from a turn end to the first text.
 """
 
@@ -26,6 +29,7 @@ import numpy as np
 
 from microturn.background.backends import EmbeddedBackend, backend_from_spec
 from microturn.background.worker import BackgroundWorker, WorkerConfig
+from microturn.eval.activity import FRAME_S, QUIET_RMS, frame_rms
 from microturn.files import atomic_write_text
 from microturn.runtime.cli import add_voice_argument
 
@@ -89,29 +93,47 @@ def run_episode(
     finally:
         engine.close_session(session)
         worker.close()
-    spoken = transcribe_output(chunks)
+    output = output_audio(chunks)
+    spoken = transcribe_output(output)
     user_spans = [(w.start, w.end) for w in conversation.words if w.speaker == "user" and w.start < max_s]
+    talk_over = talk_over_frames(output, user_spans)
     arrivals = worker.first_text_at
-    result = score_episode(folder.name, worker.events, arrivals, spoken, user_spans, started)
-    meant = score_episode(folder.name, worker.events, arrivals, words, user_spans, started)
+    result = score_episode(folder.name, worker.events, arrivals, spoken, talk_over, started)
+    meant = score_episode(folder.name, worker.events, arrivals, words, talk_over, started)
     return {**result, "answers_text": meant["answers"], "model_text_words": len(words)}
 
 
-def transcribe_output(chunks: list[tuple[float, np.ndarray]]) -> list[dict]:
-    """The model's speech as Whisper hears it: words with session times ({"text", "start", "end"})."""
-    from microturn.eval.transcribe import transcribe
-
+def output_audio(chunks: list[tuple[float, np.ndarray]]) -> np.ndarray:
+    """The model's output at 16 kHz on the session's clock, from its micro-turn chunks."""
     if not chunks:
-        return []
+        return np.zeros(0, np.float32)
     end = max(start for start, _ in chunks) + 0.2
     audio = np.zeros(int(end * 16_000) + CHUNK, np.float32)
     for start, samples in chunks:
         at = int(round(start * 16_000))
         audio[at : at + len(samples)] = samples
+    return audio
+
+
+def transcribe_output(audio: np.ndarray) -> list[dict]:
+    """The model's speech as Whisper hears it: words with session times ({"text", "start", "end"})."""
+    from microturn.eval.transcribe import transcribe
+
+    if not len(audio):
+        return []
     return [
         {"text": c["text"], "start": c["timestamp"][0], "end": c["timestamp"][1]}
         for c in transcribe(audio)["chunks"]
     ]
+
+
+def talk_over_frames(output: np.ndarray, user_spans: list[tuple[float, float]]) -> np.ndarray:
+    """Per `activity.FRAME_S` frame: was the model audible while the user was speaking?"""
+    audible = frame_rms(output) >= QUIET_RMS
+    user = np.zeros(len(audible), bool)
+    for start, end in user_spans:
+        user[int(start / FRAME_S) : int(np.ceil(end / FRAME_S))] = True
+    return audible & user
 
 
 def score_episode(
@@ -119,10 +141,11 @@ def score_episode(
     events: list[dict],
     arrivals: dict[str, float],
     words: list[dict],
-    user_spans: list[tuple[float, float]],
+    talk_over: np.ndarray,
     t0: float,
 ) -> dict:
-    """Delivery, first-word delay and talk-over for each answer of one episode (times in session seconds).
+    """Delivery, first-word delay and talk-over (`talk_over_frames`) for each answer of one episode (times
+    in session seconds).
     `arrivals`: when each task's first text reached the session (`BackgroundWorker.first_text_at`, on the
     events' clock), which for an opening streamed word by word is before its first sentence's event."""
     answers = []
@@ -152,12 +175,7 @@ def score_episode(
         said_words = content_words(" ".join(w["text"] for w in said_after))
         overlap = len(answer_words & said_words) / max(1, len(answer_words))
         until = min([t for t in arrived.values() if t > arrival], default=float("inf"))
-        talk_over = sum(
-            max(0.0, min(w["end"], b) - max(w["start"], a))
-            for w in said_after
-            if w["start"] < until
-            for a, b in user_spans
-        )
+        frames = talk_over[int(arrival / FRAME_S) : int(until / FRAME_S) if until < float("inf") else None]
         answers.append(
             {
                 "task": task["task_id"],
@@ -167,7 +185,7 @@ def score_episode(
                 "turn_end_to_answer_s": round(arrival + t0 - task["time"], 2),
                 "overlap": round(overlap, 3),
                 "first_word_delay_s": round(said_after[0]["start"] - arrival, 2) if said_after else None,
-                "talk_over_user_s": round(talk_over, 2),
+                "talk_over_user_s": round(float(frames.sum()) * FRAME_S, 2),
             }
         )
     return {

@@ -142,18 +142,19 @@ def new_engine(
     threads: int = 1,
     large_batch_threads: int = 1,
     ring: StreamState | None = None,
-    flow_steps: int | None = None,
-    voice: str = "words",
+    plan: BenchPlan | None = None,
 ) -> tuple[Engine, Feeder]:
-    """An engine with `sessions` live sessions; with `ring` (a one-session model state whose KV ring is
-    full), every session starts from a copy of it, so the steps measured are steady-state ones."""
+    """An engine with `sessions` live sessions, speaking with `plan`'s mel steps and voice; with `ring` (a
+    one-session model state whose KV ring is full), every session starts from a copy of it, so the steps
+    measured are steady-state ones."""
+    plan = plan or BenchPlan()
     config = EngineConfig(
         max_sessions=max(sessions, 1),
         batch_invariant=batch_invariant,
         threads=threads,
         large_batch_threads=large_batch_threads,
-        flow_steps=flow_steps,
-        voice=voice,
+        flow_steps=plan.flow_steps,
+        voice=plan.voice,
     )
     engine = Engine(config, models.model, models.tokenizer, models.vocoder)
     opened = [engine.open_session(seed=i) for i in range(sessions)]
@@ -171,9 +172,9 @@ def new_engine(
     return engine, feeder
 
 
-def full_ring(models: RuntimeModels, flow_steps: int | None = None, voice: str = "words") -> StreamState:
+def full_ring(models: RuntimeModels, plan: BenchPlan | None = None) -> StreamState:
     """One session's model state after enough micro-turns of the example input to fill its KV ring."""
-    engine, feeder = new_engine(models, 1, flow_steps=flow_steps, voice=voice)
+    engine, feeder = new_engine(models, 1, plan=plan)
     # two tokens per micro-turn, the last micro-turn's out token entering the ring with the next step
     turns = -(-(models.model.cfg.window + 1) // 2)
     run_steps(engine, feeder, turns, "filling a KV ring")
@@ -220,8 +221,7 @@ def capacity_sweep(
             threads=plan.threads,
             large_batch_threads=large_batch_threads,
             ring=ring,
-            flow_steps=plan.flow_steps,
-            voice=plan.voice,
+            plan=plan,
         )
         run_steps(engine, feeder, 2, f"{n} sessions warm-up")
         batch = run_steps(engine, feeder, plan.batch_steps, f"{n} sessions")
@@ -274,7 +274,7 @@ def _engine_process(conn, checkpoint: str, int8: bool, ring: StreamState, plan: 
     models = load_runtime(checkpoint, int8=int8)
     while (job := conn.recv()) is not None:
         sessions, steps = job
-        engine, feeder = new_engine(models, sessions, ring=ring, flow_steps=plan.flow_steps, voice=plan.voice)
+        engine, feeder = new_engine(models, sessions, ring=ring, plan=plan)
         run_steps(engine, feeder, 2, "warm-up")
         barrier.wait()
         turn = engine.turn_s
@@ -344,9 +344,9 @@ def engines_sweep(
 def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     result: dict = {}
     torch.set_num_threads(1)
-    ring = full_ring(models, plan.flow_steps, plan.voice)
+    ring = full_ring(models, plan)
     progress(f"single session, 1 thread, {plan.single_steps} micro-turns")
-    engine, feeder = new_engine(models, 1, ring=ring, flow_steps=plan.flow_steps, voice=plan.voice)
+    engine, feeder = new_engine(models, 1, ring=ring, plan=plan)
     run_steps(engine, feeder, 5, "warm-up")
     single = run_steps(engine, feeder, plan.single_steps, "single session")
     result["step_ms_p50"] = ms(single.wall_ms, 0.5)
@@ -380,9 +380,7 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     n = plan.batch_invariant_sessions
     costs = {}
     for invariant in (False, True):
-        engine, feeder = new_engine(
-            models, n, batch_invariant=invariant, ring=ring, flow_steps=plan.flow_steps, voice=plan.voice
-        )
+        engine, feeder = new_engine(models, n, batch_invariant=invariant, ring=ring, plan=plan)
         run_steps(engine, feeder, 2, "warm-up")
         costs[invariant] = ms(
             run_steps(engine, feeder, plan.batch_steps, f"invariant={invariant}").wall_ms, 0.5
@@ -401,7 +399,7 @@ def run_bench(models: RuntimeModels, plan: BenchPlan) -> dict:
     progress(
         f"simulated session of {plan.hour_steps} micro-turns ({plan.hour_steps * engine.turn_s / 60:.0f} min)"
     )
-    engine, feeder = new_engine(models, 1, flow_steps=plan.flow_steps, voice=plan.voice)
+    engine, feeder = new_engine(models, 1, plan=plan)
     rss_before = rss_mb()
     hour = run_steps(engine, feeder, plan.hour_steps, "long session")
     w = min(plan.window_steps, plan.hour_steps // 2)

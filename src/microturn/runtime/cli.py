@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from microturn.runtime import VOICES
+
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
@@ -15,8 +17,8 @@ def add_voice_argument(parser: argparse.ArgumentParser) -> None:
     """`--voice` (EngineConfig.voice) for every command that runs the model."""
     parser.add_argument(
         "--voice",
-        choices=("words", "mel"),
-        default="words",
+        choices=VOICES,
+        default=VOICES[0],
         help="what says the model's words: the corpus voice's unit for each word (words) or the learned "
         "mel head and vocoder (mel)",
     )

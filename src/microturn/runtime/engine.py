@@ -37,6 +37,7 @@ from microturn.model.config import FLOOR_STATES
 from microturn.model.interaction import SILENT_LOG_MEL, InteractionModel
 from microturn.model.streaming import StepInputs, StepOutput, StreamState
 from microturn.model.tokenizer import TextTokenizer
+from microturn.runtime import VOICES
 from microturn.runtime.resample import ResamplerState, StreamingResampler
 from microturn.runtime.session import MicroTurnOutput, Session, TurnInputs
 from microturn.runtime.vocoder import Vocoder, VocoderState
@@ -155,8 +156,8 @@ class Engine:
         if cfg.frames * audio.HOP != self.chunk_samples:
             raise ValueError(f"model micro-turn {cfg.micro_turn_ms} ms is not a whole number of mel frames")
         self.upsampler = StreamingResampler(audio.SAMPLE_RATE, OUTPUT_RATE)
-        if config.voice not in ("words", "mel"):
-            raise ValueError(f"EngineConfig.voice must be 'words' or 'mel', got {config.voice!r}")
+        if config.voice not in VOICES:
+            raise ValueError(f"EngineConfig.voice must be one of {', '.join(VOICES)}, got {config.voice!r}")
         cache = TtsCache(config.voice_cache) if config.voice_cache else None
         self.word_voice = WordVoice(tokenizer, self.chunk_samples, cache) if config.voice == "words" else None
         if self.word_voice is not None:
