@@ -148,3 +148,26 @@ def test_streaming_mel_depends_on_the_phones_said():
         assert [int(o.text[0, 0]) for o in outs] == words  # each token is said as it arrives
         mels[attached] = torch.stack([o.mel for o in outs])
     assert not torch.equal(mels[False], mels[True])
+
+
+def test_speaking_on_with_nothing_left_to_play_says_the_next_given_word():
+    """`text_no_silent_window`: a text head that would stall mid-answer (pads while the gate speaks)
+    says the background text's next word once the last one has played."""
+    tok = tokenizer()
+    words = tok.encode("hello there")
+    silent = torch.zeros(1, 20, 80, dtype=torch.long)
+    said = {}
+    for no_silent in (False, True):
+        torch.manual_seed(0)
+        cfg = get_config("tiny", vocab_size=tok.vocab_size, text_no_silent_window=no_silent)
+        model = InteractionModel(cfg).eval()
+        model.attach_tokenizer(tok)
+        with torch.no_grad():
+            model.gate.bias.fill_(5.0)  # speak every micro-turn
+            model.text_head.norm2.weight.zero_()  # every logit 0: greedy takes pad ...
+            model.text_head.copy_bonus.bias.fill_(-100.0)  # ... and never the given word on its own
+        state = model.new_state(1)
+        outs = [model.step(state, StepInputs(silent, torch.tensor([t]))) for t in [*words, -1, -1, -1, -1]]
+        assert all(o.speaking[0] for o in outs)
+        said[no_silent] = [t for o in outs for t in o.text[0].tolist() if t in words]
+    assert said == {False: [], True: words}

@@ -56,6 +56,10 @@ class ModelConfig:
     # 0: speak when the gate's probability is above gate_threshold; > 0: speak with probability
     # sigmoid(logit / gate_temperature), drawn per session from (seed, micro-turn) like the flow noise
     gate_temperature: float = 0.0
+    # while the gate goes on speaking and nothing is left to play, the next window's first text slot is a
+    # word, not a pad, if the background text has words left to say: the text head, unsure which word
+    # comes next, otherwise stalls mid-answer in windows that are "speaking" yet silent (BENCHMARKS.md)
+    text_no_silent_window: bool = False
     # the streaming speech schedule (model/speech.py): a word of n phones lasts word + n * phone frames and
     # follows the previous one after gap frames; fitted to the corpus voice (least squares over 7.8k
     # assistant words of corpora/train: 59 ms + 56 ms per phone symbol, median gap 59 ms)

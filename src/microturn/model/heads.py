@@ -91,6 +91,7 @@ class SlotTextDecoder(nn.Module):
         pointers: list[CopyPointer],
         starts: torch.Tensor | None = None,
         heard: HeardMemory | None = None,
+        resume: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Streaming decode: tokens [B, K], pad after the first pad; each row's copy pointer follows what it
         says. Slots depend on each other only through the previous token, so each slot costs one vocabulary
@@ -101,7 +102,8 @@ class SlotTextDecoder(nn.Module):
         copying a heard token (the token the pointer attends to most) is finished as heard, in the next
         micro-turn if it must: the head, trained with the true next piece, otherwise drifts to another
         word's. Returns (tokens, each row's heard position of the piece still to say, -1 none, or None
-        without heard words)."""
+        without heard words). Rows where `resume` [B] bool (speaking on with nothing left to play:
+        `ModelConfig.text_no_silent_window`) take the copy pointer's next word first."""
         base = self.from_hidden(hidden)
         token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
         tokens = torch.full((hidden.shape[0], self.slots), pad, dtype=torch.long, device=hidden.device)
@@ -118,6 +120,8 @@ class SlotTextDecoder(nn.Module):
             if i == 0 and starts is not None:
                 logits[:, pad] = logits[:, pad].masked_fill(starts, float("-inf"))
             token = logits.argmax(-1)
+            if i == 0 and resume is not None:
+                token = torch.where(resume, candidates, token)
             if follows is not None and attention is not None:
                 forced = rest_at >= 0
                 token = torch.where(forced, heard.tokens[rows, rest_at.clamp(min=0)], token)

@@ -24,6 +24,7 @@ from torch import nn
 from .. import audio
 from .config import FLOOR_STATES, ModelConfig
 from .copying import (
+    NO_CANDIDATE,
     CopyPointer,
     HeardMemory,
     HeardWords,
@@ -433,6 +434,17 @@ class InteractionModel(nn.Module):
             if new:
                 words.hear(new, k, self.cfg.heard_tokens)
 
+    def _stalled(self, state: StreamState, talking: torch.Tensor) -> torch.Tensor:
+        """[B] bool: sessions going on speaking with nothing left to play and background words left to say
+        (`text_no_silent_window`; the speech schedule knows what is left only with a tokenizer attached)."""
+        if not self.cfg.text_no_silent_window or self.token_phones is None:
+            return torch.zeros_like(talking)
+        idle = [
+            not s.phones and p.candidate() != NO_CANDIDATE
+            for s, p in zip(state.speech, state.copy, strict=True)
+        ]
+        return talking & torch.tensor(idle, dtype=torch.bool, device=talking.device)
+
     def _gate_decision(self, state: StreamState, logit: torch.Tensor, talking: torch.Tensor) -> torch.Tensor:
         """Speak or not, per session (`talking`: it spoke in the last window): go on above `gate_threshold`,
         start when the probability of a start in the last `gate_start_window` silent micro-turns passes
@@ -533,8 +545,9 @@ class InteractionModel(nn.Module):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
                 heard = self._heard(state, rows.tolist())
+                resume = self._stalled(state, talking)[rows]
                 text[rows], rest_at = self.text_head.greedy(
-                    hidden[rows], BOS, PAD, pointers, ~talking[rows], heard
+                    hidden[rows], BOS, PAD, pointers, ~talking[rows], heard, resume
                 )
                 if rest_at is not None:
                     word_rest_at[rows] = rest_at.cpu()
