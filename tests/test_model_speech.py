@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from microturn.model.config import get_config
+from microturn.model.config import FLOOR_STATES, get_config
 from microturn.model.interaction import InteractionModel
 from microturn.model.speech import (
     BOUNDARY,
@@ -152,12 +152,12 @@ def test_streaming_mel_depends_on_the_phones_said():
 
 def test_speaking_on_with_nothing_left_to_play_says_the_next_given_word():
     """`text_no_silent_window`: a text head that would stall mid-answer (pads while the gate speaks)
-    says the background text's next word once the last one has played."""
+    says the background text's next word once the last one has played, unless the user is speaking."""
     tok = tokenizer()
     words = tok.encode("hello there")
     silent = torch.zeros(1, 20, 80, dtype=torch.long)
     said = {}
-    for no_silent in (False, True):
+    for no_silent, floor in ((False, "listening"), (True, "listening"), (True, "user")):
         torch.manual_seed(0)
         cfg = get_config("tiny", vocab_size=tok.vocab_size, text_no_silent_window=no_silent)
         model = InteractionModel(cfg).eval()
@@ -166,8 +166,10 @@ def test_speaking_on_with_nothing_left_to_play_says_the_next_given_word():
             model.gate.bias.fill_(5.0)  # speak every micro-turn
             model.text_head.norm2.weight.zero_()  # every logit 0: greedy takes pad ...
             model.text_head.copy_bonus.bias.fill_(-100.0)  # ... and never the given word on its own
+            model.floor_head.weight.zero_()  # the floor head sees `floor`
+            model.floor_head.bias.copy_(10.0 * (torch.arange(len(FLOOR_STATES)) == FLOOR_STATES.index(floor)))
         state = model.new_state(1)
         outs = [model.step(state, StepInputs(silent, torch.tensor([t]))) for t in [*words, -1, -1, -1, -1]]
         assert all(o.speaking[0] for o in outs)
-        said[no_silent] = [t for o in outs for t in o.text[0].tolist() if t in words]
-    assert said == {False: [], True: words}
+        said[no_silent, floor] = [t for o in outs for t in o.text[0].tolist() if t in words]
+    assert said == {(False, "listening"): [], (True, "listening"): words, (True, "user"): []}

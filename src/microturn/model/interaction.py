@@ -434,16 +434,20 @@ class InteractionModel(nn.Module):
             if new:
                 words.hear(new, k, self.cfg.heard_tokens)
 
-    def _stalled(self, state: StreamState, talking: torch.Tensor) -> torch.Tensor:
-        """[B] bool: sessions going on speaking with nothing left to play and background words left to say
-        (`text_no_silent_window`; the speech schedule knows what is left only with a tokenizer attached)."""
+    def _stalled(self, state: StreamState, talking: torch.Tensor, floor_logits: torch.Tensor) -> torch.Tensor:
+        """[B] bool: sessions going on speaking with nothing left to play, background words left to say,
+        and the user, as the floor head sees it, not speaking (`text_no_silent_window`: words are not
+        pushed over the user, where the head's pad may be a yield the gate has not made yet). The speech
+        schedule knows what is left only with a tokenizer attached."""
         if not self.cfg.text_no_silent_window or self.token_phones is None:
             return torch.zeros_like(talking)
         idle = [
             not s.phones and p.candidate() != NO_CANDIDATE
             for s, p in zip(state.speech, state.copy, strict=True)
         ]
-        return talking & torch.tensor(idle, dtype=torch.bool, device=talking.device)
+        floor = floor_logits.softmax(-1)
+        user = floor[:, FLOOR_STATES.index("user")] + floor[:, FLOOR_STATES.index("overlap")] > 0.5
+        return talking & ~user & torch.tensor(idle, dtype=torch.bool, device=talking.device)
 
     def _gate_decision(self, state: StreamState, logit: torch.Tensor, talking: torch.Tensor) -> torch.Tensor:
         """Speak or not, per session (`talking`: it spoke in the last window): go on above `gate_threshold`,
@@ -519,6 +523,7 @@ class InteractionModel(nn.Module):
             self._hear_user(state, user_text if told is None else told, inputs.heard)
 
         gate_logit = self.gate(hidden)[:, 0]
+        floor_logits = self.floor_head(hidden)
         prob = torch.sigmoid(gate_logit)
         talking = torch.tensor([s.talking for s in state.speech], dtype=torch.bool, device=gate_logit.device)
         wants = self._gate_decision(state, gate_logit, talking)
@@ -545,7 +550,7 @@ class InteractionModel(nn.Module):
                 rows = speaking.nonzero()[:, 0]
                 pointers = [state.copy[r] for r in rows.tolist()]
                 heard = self._heard(state, rows.tolist())
-                resume = self._stalled(state, talking)[rows]
+                resume = self._stalled(state, talking, floor_logits)[rows]
                 text[rows], rest_at = self.text_head.greedy(
                     hidden[rows], BOS, PAD, pointers, ~talking[rows], heard, resume
                 )
@@ -578,7 +583,6 @@ class InteractionModel(nn.Module):
         state.out_token.copy_(self.embed_out(text, out_dmel, speaking.long()))  # enters the next step
         state.turn += 1
 
-        floor_logits = self.floor_head(hidden)
         return StepOutput(
             speaking=speaking,
             speaking_prob=prob,
