@@ -152,7 +152,8 @@ def test_streaming_mel_depends_on_the_phones_said():
 
 def test_speaking_on_with_nothing_left_to_play_says_the_next_given_word():
     """`text_no_silent_window`: a text head that would stall mid-answer (pads while the gate speaks)
-    says the background text's next word once the last one has played, unless the user is speaking."""
+    says the background text's next word when the last one ends in the next window, unless the user is
+    speaking."""
     tok = tokenizer()
     words = tok.encode("hello there")
     silent = torch.zeros(1, 20, 80, dtype=torch.long)

@@ -56,9 +56,10 @@ class ModelConfig:
     # 0: speak when the gate's probability is above gate_threshold; > 0: speak with probability
     # sigmoid(logit / gate_temperature), drawn per session from (seed, micro-turn) like the flow noise
     gate_temperature: float = 0.0
-    # while the gate goes on speaking and nothing is left to play, the next window's first text slot is a
-    # word, not a pad, if the background text has words left to say: the text head, unsure which word
-    # comes next, otherwise stalls mid-answer in windows that are "speaking" yet silent (BENCHMARKS.md)
+    # while the gate goes on speaking and what is left to play ends (with a word gap) inside the next
+    # window, that window's first text slot is the background text's next word, not a pad: the text head,
+    # unsure which word comes next, otherwise stalls mid-answer in windows that are "speaking" yet silent
+    # (BENCHMARKS.md, "No silent windows")
     text_no_silent_window: bool = False
     # the streaming speech schedule (model/speech.py): a word of n phones lasts word + n * phone frames and
     # follows the previous one after gap frames; fitted to the corpus voice (least squares over 7.8k

@@ -102,7 +102,7 @@ class SlotTextDecoder(nn.Module):
         copying a heard token (the token the pointer attends to most) is finished as heard, in the next
         micro-turn if it must: the head, trained with the true next piece, otherwise drifts to another
         word's. Returns (tokens, each row's heard position of the piece still to say, -1 none, or None
-        without heard words). Rows where `resume` [B] bool (speaking on with nothing left to play:
+        without heard words). Rows where `resume` [B] bool (speaking on with room for a word:
         `ModelConfig.text_no_silent_window`) take the copy pointer's next word first."""
         base = self.from_hidden(hidden)
         token = torch.full((hidden.shape[0],), bos, dtype=torch.long, device=hidden.device)
