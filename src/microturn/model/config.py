@@ -134,7 +134,7 @@ CONFIGS: dict[str, ModelConfig] = {
         # over 3 micro-turns: interruption latency 1.69 -> 0.85 s, turn-taking 0.44 -> 0.31 s, pauses alike
         gate_start_threshold=0.7,
         gate_start_window=3,
-        # valid v1.5 overlaps (stage 14 at 0.8): 63.3 -> 71.7, stop after an interruption 0.53 -> 0.32 s
+        # v1.5 overlaps (stage 14 at 0.8): valid 63.3 -> 81.7, test 56.7 -> 83.3 (BENCHMARKS.md)
         text_no_silent_window=True,
         video_motion=True,
         heard_tokens=256,  # the user's last 256 words: a cue-word instruction stays readable for minutes
