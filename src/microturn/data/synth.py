@@ -439,7 +439,9 @@ def render(
     t = samples(rng.uniform(0.3, 1.5))
     prev_end, prev_start, user_end = t, 0, None
     interrupt_at: int | None = None
-    opener, interrupted, stop_after = None, None, 0  # an interruption opening with a backchannel word
+    # an interruption opening with a backchannel word: (the opener, the answer it cuts, samples from the
+    # word after the opener to the answer's stop), cut once the user's words are placed
+    opened: tuple[str, _Utt, int] | None = None
     for i, (turn, role) in enumerate(zip(turns, roles, strict=True)):
         if i == 0:
             start = t
@@ -454,10 +456,11 @@ def render(
                 start = max(start, side_end + samples(rng.uniform(0.6, 1.5)))
         if role == "user":
             force_pause = spec.shape == "pause" and i == roles.index("user")
-            text = turn.text if opener is None else f"{opener} {turn.text}"
+            text = turn.text if opened is None else f"{opened[0]} {turn.text}"
             utt = r.turn("user", text, start, force_pause=force_pause)
             if interrupt_at is not None:
-                if opener is not None and interrupted is not None:
+                if opened is not None:
+                    opener, interrupted, stop_after = opened
                     after = len(opener.split())  # the first word after the opener
                     heard = utt.words[after].start if len(utt.words) > after else start
                     prev_end = heard + stop_after
@@ -472,7 +475,7 @@ def render(
                         {"assistant_stop": seconds(prev_end)},
                     )
                 )
-                interrupt_at, opener, interrupted = None, None, None
+                interrupt_at, opened = None, None
             prev_start, prev_end = start, (utt.words[-1].end if utt.words else start)
             user_end = prev_end
             continue
@@ -518,7 +521,7 @@ def render(
             interrupt_at = start + samples(rng.uniform(min(lo, latest), min(hi, latest)))
             stop_after = samples(rng.uniform(0.2, 0.4))
             if cfg.interruption_opener_p > 0 and rng.random() < cfg.interruption_opener_p:  # no draw at 0
-                opener, interrupted = str(rng.choice(INTERRUPTION_OPENERS)), utt  # cut once it is said
+                opened = (str(rng.choice(INTERRUPTION_OPENERS)), utt, stop_after)
                 r.drop_reactions("assistant", interrupt_at)
             else:
                 end = interrupt_at + stop_after

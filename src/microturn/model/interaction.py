@@ -435,11 +435,11 @@ class InteractionModel(nn.Module):
                 words.hear(new, k, self.cfg.heard_tokens)
 
     def _stalled(self, state: StreamState, talking: torch.Tensor, floor_logits: torch.Tensor) -> torch.Tensor:
-        """[B] bool: sessions going on speaking with room for a word in the next window (what is left to
-        play ends before it does), background words left to say, and the user, as the floor head sees it,
-        not speaking (`text_no_silent_window`: words are not
-        pushed over the user, where the head's pad may be a yield the gate has not made yet). The speech
-        schedule knows what is left only with a tokenizer attached."""
+        """[B] bool (`text_no_silent_window`): sessions going on speaking with room for a word in the next
+        window (what is left to play ends before it does), background words left to say, and the user, as
+        the floor head sees it, not speaking: words are not pushed over the user, where the head's pad may
+        be a yield the gate has not made yet. The speech schedule knows what is left only with a tokenizer
+        attached."""
         if not self.cfg.text_no_silent_window or self.token_phones is None:
             return torch.zeros_like(talking)
         # the next word would start inside the next window: the last one ends, with its gap, before it does
